@@ -1,0 +1,29 @@
+"""Errors a user can act on. Each renders as one line: what is wrong and what to do."""
+
+
+class FeedbackLoopError(Exception):
+    """Base of every error the CLI turns into one line and a non-zero exit."""
+
+
+class SettingsError(FeedbackLoopError):
+    """A setting has a value the loop cannot use."""
+
+
+class DatabaseUnreachable(FeedbackLoopError):
+    """The feedback database did not answer (after retries)."""
+
+
+class FeedbackSchemaError(FeedbackLoopError):
+    """A table or column the loop needs is missing."""
+
+
+class DataError(FeedbackLoopError):
+    """A dataset cannot be used as given (empty, no common column, unknown format)."""
+
+
+class ModelNotFound(FeedbackLoopError):
+    """A model version the loop needs is not in the model store."""
+
+
+class DeploymentError(FeedbackLoopError):
+    """The serving target refused or cannot take the rollout."""

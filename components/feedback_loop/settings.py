@@ -1,0 +1,132 @@
+"""One typed settings object: defaults < JSON file (--config) < environment (RETRAIN_*) < CLI flags.
+
+Loaded once at the edge (the CLI, or a component body) and passed down. The pipeline's
+parameters carry the same names, so a value means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from feedback_loop.errors import SettingsError
+
+ENV_PREFIX = "RETRAIN_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    # What is served and where its versions live.
+    model_name: str = Field("cats-vs-dogs", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=45)
+    model_store_uri: str = "file://local_outputs/model-store"
+
+    # Feedback window and the retrain policy.
+    days_back: int = Field(30, ge=1, le=3650)
+    min_feedback: int = Field(100, ge=0)
+    min_negative: int = Field(20, ge=0)
+    min_positive_rate: float = Field(0.70, ge=0.0, le=1.0)
+    drift_p_value: float = Field(0.05, gt=0.0, lt=1.0)
+    min_drift_rows: int = Field(30, ge=2)
+    force: bool = False
+
+    # Training and the evaluation gate.
+    epochs: int = Field(8, ge=1, le=1000)
+    learning_rate: float = Field(1e-3, gt=0.0, lt=1.0)
+    batch_size: int = Field(64, ge=1)
+    holdout_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    min_improvement: float = Field(0.02, ge=0.0)
+    seed: int = 42
+
+    # Rollout.
+    deploy_target: Literal["local", "kserve"] = "local"
+    namespace: str = "default"
+    service_account: str = ""
+    rollout_steps: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [10, 50, 100])
+    bake_hours: Annotated[list[float], NoDecode] = Field(default_factory=lambda: [24.0, 48.0])
+
+    # Housekeeping.
+    cleanup: bool = False
+    keep_versions: int = Field(5, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # A secret: read from DATABASE_URL (a Kubernetes Secret on a cluster), never printed.
+    database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("rollout_steps", "bake_hours", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        # RETRAIN_ROLLOUT_STEPS=10,50,100 reads better than a JSON list in a shell.
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _rollout_shape(self) -> "Settings":
+        steps = self.rollout_steps
+        if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError("rollout_steps must rise strictly from above 0 to 100, e.g. 10,50,100")
+        if len(self.bake_hours) != len(steps) - 1 or any(h < 0 for h in self.bake_hours):
+            raise ValueError(f"bake_hours needs {len(steps) - 1} non-negative values, one per step before 100")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # CLI flags arrive as init kwargs; the JSON file is merged under them in load().
+        return (init_settings, env_settings)
+
+
+def load(config: Path | str | None = None, **overrides: Any) -> Settings:
+    """Builds the settings; `overrides` are CLI flags (None means "not given")."""
+    values: dict[str, Any] = {}
+    if config:
+        path = Path(config)
+        try:
+            values = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SettingsError(f"config file {path} not found: pass an existing JSON file to --config") from None
+        except json.JSONDecodeError as err:
+            raise SettingsError(f"config file {path} is not valid JSON (line {err.lineno}): fix it or drop --config") from None
+        if not isinstance(values, dict):
+            raise SettingsError(f"config file {path} must hold a JSON object of settings")
+    cli = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        # Env must beat the file but lose to flags: drop file keys that the environment sets.
+        merged = {k: v for k, v in values.items() if not _env_has(k)}
+        return Settings(**{**merged, **cli})
+    except ValidationError as err:
+        raise SettingsError(describe(err)) from None
+
+
+def _env_has(field: str) -> bool:
+    return f"{ENV_PREFIX}{field}".upper() in {k.upper() for k in os.environ}
+
+
+def describe(err: ValidationError) -> str:
+    """One line naming the first bad setting, its environment variable, and the rule."""
+    first = err.errors()[0]
+    if not first["loc"]:
+        return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
+    name = ".".join(str(p) for p in first["loc"]) or "settings"
+    field = name.split(".")[0]
+    env = "DATABASE_URL" if field == "database_url" else f"{ENV_PREFIX}{field.upper()}"
+    given = first.get("input")
+    shown = "" if field == "database_url" or isinstance(given, dict) else f"={given!r}"
+    return f"invalid setting {field}{shown} (env {env}): {first['msg']}"

@@ -1,0 +1,140 @@
+"""The model store: `file://` locally, `gs://` on a cluster, one small API for both.
+
+Writes never leave half an object behind: a file goes to a temporary name and is
+renamed; a directory is uploaded under a temporary prefix (`file://`) or completed with
+a marker object written last (`gs://`), and readers only trust a version whose marker
+exists.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+COMPLETE_MARKER = "_COMPLETE"
+
+
+def normalize(uri: str, base: Path | None = None) -> str:
+    """Turns a bare or relative path into an absolute `file://` URI; leaves `gs://` alone."""
+    if uri.startswith("gs://"):
+        return uri.rstrip("/")
+    raw = uri.removeprefix("file://")
+    path = Path(raw) if Path(raw).is_absolute() else (base or Path.cwd()) / raw
+    return "file://" + str(path.resolve())
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def local_path(uri: str) -> Path:
+    """The filesystem path of a `file://` URI (or a bare path)."""
+    if uri.startswith("gs://"):
+        raise ValueError(f"{uri} is not a local path")
+    return Path(uri.removeprefix("file://"))
+
+
+def _bucket_and_key(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@lru_cache(maxsize=1)
+def _gcs_client():
+    # Imported lazily: only images that talk to GCS carry the client.
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project="local", credentials=AnonymousCredentials())
+    return storage.Client()
+
+
+def exists(uri: str) -> bool:
+    if uri.startswith("gs://"):
+        bucket, key = _bucket_and_key(uri)
+        return _gcs_client().bucket(bucket).blob(key).exists()
+    return local_path(uri).exists()
+
+
+def read_bytes(uri: str) -> bytes:
+    if uri.startswith("gs://"):
+        bucket, key = _bucket_and_key(uri)
+        return _gcs_client().bucket(bucket).blob(key).download_as_bytes()
+    return local_path(uri).read_bytes()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Writes an object whole or not at all."""
+    if uri.startswith("gs://"):
+        bucket, key = _bucket_and_key(uri)
+        _gcs_client().bucket(bucket).blob(key).upload_from_string(data)  # GCS writes are atomic
+        return
+    path = local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def upload_dir(source: Path, uri: str) -> str:
+    """Copies a local directory to `uri` and marks it complete; returns `uri`."""
+    if uri.startswith("gs://"):
+        bucket_name, prefix = _bucket_and_key(uri)
+        bucket = _gcs_client().bucket(bucket_name)
+        for file in sorted(p for p in source.rglob("*") if p.is_file()):
+            bucket.blob(f"{prefix}/{file.relative_to(source).as_posix()}").upload_from_filename(str(file))
+        bucket.blob(f"{prefix}/{COMPLETE_MARKER}").upload_from_string(b"")  # last: readers wait for it
+        return uri
+    target = local_path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        shutil.copytree(source, staging)
+        (staging / COMPLETE_MARKER).write_bytes(b"")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return uri
+
+
+def is_complete(uri: str) -> bool:
+    return exists(join(uri, COMPLETE_MARKER))
+
+
+def download_dir(uri: str, target: Path) -> Path:
+    """Makes the directory at `uri` available locally; `file://` is used in place."""
+    if not uri.startswith("gs://"):
+        return local_path(uri)
+    bucket_name, prefix = _bucket_and_key(uri)
+    for blob in _gcs_client().list_blobs(bucket_name, prefix=prefix.rstrip("/") + "/"):
+        dest = target / blob.name[len(prefix) :].lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        blob.download_to_filename(str(dest))
+    return target
+
+
+def list_dirs(uri: str) -> list[str]:
+    """Names of the immediate sub-directories of `uri` (model versions under a model)."""
+    if uri.startswith("gs://"):
+        bucket_name, prefix = _bucket_and_key(uri)
+        prefix = prefix.rstrip("/") + "/"
+        blobs = _gcs_client().list_blobs(bucket_name, prefix=prefix, delimiter="/")
+        list(blobs)  # the prefixes fill in once the pages are read
+        return sorted(p[len(prefix) :].strip("/") for p in blobs.prefixes)
+    path = local_path(uri)
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.exists() else []
