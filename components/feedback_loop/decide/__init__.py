@@ -1,0 +1,1 @@
+"""The retrain decision: a threshold policy with named reasons."""

@@ -1,0 +1,45 @@
+"""KFP wrapper of the retrain decision."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Markdown, Output
+
+from feedback_loop.images import DATA_IMAGE
+
+
+@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+def decide_retrain(
+    decision: Output[Markdown],
+    feedback_count: int,
+    negative_count: int,
+    satisfaction_rate: float,
+    is_drift: bool,
+    rollout_in_progress: bool = False,
+    force: bool = False,
+    min_feedback: int = 100,
+    min_negative: int = 20,
+    min_positive_rate: float = 0.70,
+) -> NamedTuple("DecisionOutputs", [("retrain", bool), ("reasons", str)]):
+    """Decides whether to retrain from feedback, drift and the rollout in progress.
+
+    Rules: enough unhappy feedback (count, negatives and satisfaction together), input
+    drift, or `force`. No retrain while a canary rollout is in progress.
+
+    Returns:
+        decision: Every rule, whether it fired and its figures.
+        retrain: Whether the pipeline goes on to train.
+        reasons: JSON list of the reasons, human-readable.
+    """
+    import json
+    from collections import namedtuple
+
+    from feedback_loop.decide import core
+
+    signals = core.Signals(feedback_count, negative_count, satisfaction_rate, is_drift, rollout_in_progress, force)
+    result = core.decide(signals, core.Policy(min_feedback, min_negative, min_positive_rate))
+    with open(decision.path, "w") as handle:
+        handle.write(result.to_markdown())
+    decision.metadata["decision"] = result.to_dict()
+    print(f"retrain: {result.retrain}; " + "; ".join(result.reasons))
+    return namedtuple("DecisionOutputs", ["retrain", "reasons"])(result.retrain, json.dumps(result.reasons))

@@ -1,0 +1,1 @@
+"""The cats-vs-dogs scenario the local demo runs on embedded defaults."""

@@ -1,0 +1,1 @@
+"""The feedback store (PostgreSQL): schema, extraction to Parquet, run and deployment records."""

@@ -1,0 +1,146 @@
+"""PostgreSQL access: connection with retries, the project's schema, run and deployment records.
+
+The only module (with core.py beside it) that talks to the database. The DSN is a secret:
+it is never logged nor put in an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from feedback_loop.errors import DatabaseUnreachable
+
+log = logging.getLogger(__name__)
+
+# Each migration runs once, in order, inside one transaction with its version row.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE predictions (
+        id              text PRIMARY KEY,
+        created_at      timestamptz NOT NULL DEFAULT now(),
+        model_name      text NOT NULL,
+        model_version   text NOT NULL,
+        features        jsonb NOT NULL DEFAULT '{}'::jsonb,  -- summary features, never raw images
+        input_uri       text,                                -- where the raw input lies, if kept
+        predicted_label text,
+        confidence      double precision,
+        latency_ms      double precision,
+        user_id         text,                                -- pseudonymous
+        consent         boolean NOT NULL DEFAULT true
+    );
+    CREATE INDEX predictions_model_time ON predictions (model_name, created_at);
+    -- No foreign key: feedback for an unknown prediction is counted and excluded, not refused.
+    CREATE TABLE feedback (
+        id              bigserial PRIMARY KEY,
+        prediction_id   text NOT NULL,
+        created_at      timestamptz NOT NULL DEFAULT now(),
+        is_correct      boolean NOT NULL,
+        corrected_label text,
+        comment         text
+    );
+    CREATE INDEX feedback_prediction ON feedback (prediction_id, created_at);
+    CREATE TABLE retrain_runs (
+        id          bigserial PRIMARY KEY,
+        started_at  timestamptz NOT NULL DEFAULT now(),
+        model_name  text NOT NULL,
+        run_name    text,
+        retrain     boolean NOT NULL,
+        reasons     jsonb NOT NULL DEFAULT '[]'::jsonb,
+        stats       jsonb NOT NULL DEFAULT '{}'::jsonb
+    );
+    CREATE TABLE deployments (
+        id              bigserial PRIMARY KEY,
+        at              timestamptz NOT NULL DEFAULT now(),
+        model_name      text NOT NULL,
+        version         text NOT NULL,
+        action          text NOT NULL,
+        traffic_percent integer NOT NULL,
+        reason          text NOT NULL DEFAULT '',
+        details         jsonb NOT NULL DEFAULT '{}'::jsonb
+    );
+    """,
+]
+
+
+@retry(
+    retry=retry_if_exception_type(psycopg2.OperationalError),
+    stop=stop_after_attempt(4),
+    wait=wait_exponential(multiplier=0.5, max=4),
+    reraise=True,
+)
+def _connect_with_retries(dsn: str) -> psycopg2.extensions.connection:
+    return psycopg2.connect(dsn, connect_timeout=5, options="-c TimeZone=UTC")
+
+
+def connect(dsn: str | None) -> psycopg2.extensions.connection:
+    """Opens a connection, retrying with exponential backoff; fails with one line, DSN withheld."""
+    if not dsn:
+        raise DatabaseUnreachable(
+            "DATABASE_URL is not set: point it at the feedback database (a Kubernetes Secret on a cluster)"
+        )
+    try:
+        return _connect_with_retries(dsn)
+    except psycopg2.OperationalError as err:
+        # psycopg2's message can echo host and user; keep only its first line, never the DSN.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first.replace(dsn, "<DATABASE_URL>")
+        raise DatabaseUnreachable(
+            f"feedback database unreachable after 4 attempts ({_redact(first)}): check DATABASE_URL and that the server is up"
+        ) from None
+
+
+def _redact(text: str) -> str:
+    # Passwords never appear in libpq errors, but a "password=..." fragment might in odd setups.
+    return re.sub(r"password=\S+", "password=***", text)
+
+
+def migrate(conn: psycopg2.extensions.connection) -> int:
+    """Brings the schema up to date; safe to run any number of times. Returns the version."""
+    with conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+        # One migrator at a time, even when two runs start together.
+        cur.execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+        cur.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+        current = cur.fetchone()[0]
+        for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
+            log.info("applying schema migration %d", version)
+            cur.execute(sql)
+            cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+    return len(MIGRATIONS)
+
+
+def record_run(conn, *, model_name: str, run_name: str, retrain: bool, reasons: list[str], stats: dict[str, Any]) -> None:
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO retrain_runs (model_name, run_name, retrain, reasons, stats) VALUES (%s, %s, %s, %s, %s)",
+            (model_name, run_name, retrain, json.dumps(reasons), json.dumps(stats)),
+        )
+
+
+def record_deployment(
+    conn, *, model_name: str, version: str, action: str, traffic_percent: int, reason: str, details: dict[str, Any]
+) -> None:
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO deployments (model_name, version, action, traffic_percent, reason, details)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (model_name, version, action, traffic_percent, reason, json.dumps(details, default=str)),
+        )
+
+
+def history(conn, model_name: str, limit: int = 20) -> list[dict[str, Any]]:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT started_at, run_name, retrain, reasons, stats FROM retrain_runs WHERE model_name = %s"
+            " ORDER BY started_at DESC, id DESC LIMIT %s",
+            (model_name, limit),
+        )
+        names = [c.name for c in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]

@@ -1,0 +1,82 @@
+"""Where a model came from: which rows, which code, which revision.
+
+`data_hash` identifies a dataset by its content, not by its file: the same rows written
+twice (another file, another row group layout, another row order, another column order)
+hash the same; any changed value hashes differently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from feedback_loop import __version__
+from feedback_loop.dataset import CREATED_AT, ID
+
+GIT_SHA_ENV = "FEEDBACK_LOOP_GIT_SHA"
+_BATCH_ROWS = 65_536
+
+
+class _HashSink:
+    """A write-only file object that feeds a sha256 instead of storing bytes."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def canonical_table(table: pa.Table) -> pa.Table:
+    """Columns sorted by name, rows sorted by id (then created_at), no schema metadata.
+
+    Parquet files written by pandas carry index metadata and arbitrary row groups; neither
+    belongs to the data, so both are dropped before hashing.
+    """
+    table = table.select(sorted(table.column_names))
+    keys = [(name, "ascending") for name in (ID, CREATED_AT) if name in table.column_names]
+    if keys:
+        table = table.sort_by(keys)
+    schema = pa.schema([pa.field(f.name, f.type, nullable=True) for f in table.schema])
+    return pa.Table.from_arrays(table.columns, schema=schema).combine_chunks()
+
+
+def table_hash(table: pa.Table) -> str:
+    """sha256 (hex) of the table's canonical Arrow IPC stream."""
+    table = canonical_table(table)
+    sink = _HashSink()
+    with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=_BATCH_ROWS):
+            writer.write_batch(batch)
+    return sink.digest.hexdigest()
+
+
+def data_hash(path: Path | str) -> str:
+    """sha256 (hex) of the rows of a Parquet file, independent of how it was written."""
+    return table_hash(pq.read_table(path))
+
+
+def package_version() -> str:
+    return __version__
+
+
+def git_sha() -> str | None:
+    """The source revision, when the build set FEEDBACK_LOOP_GIT_SHA (images do)."""
+    return os.environ.get(GIT_SHA_ENV) or None
+
+
+def code_lineage() -> dict[str, Any]:
+    return {"package_version": package_version(), "git_sha": git_sha()}
