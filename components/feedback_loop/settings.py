@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     seed: int = 42
 
     # Rollout.
-    deploy_target: Literal["local", "kserve"] = "local"
+    deploy_target: Literal["local", "kserve"] = "kserve"
     namespace: str = "default"
     service_account: str = ""
     rollout_steps: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [10, 50, 100])

@@ -11,6 +11,7 @@ from feedback_loop.images import DATA_IMAGE
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
 def decide_retrain(
     decision: Output[Markdown],
+    model_name: str,
     feedback_count: int,
     negative_count: int,
     satisfaction_rate: float,
@@ -20,11 +21,13 @@ def decide_retrain(
     min_feedback: int = 100,
     min_negative: int = 20,
     min_positive_rate: float = 0.70,
+    run_name: str = "",
 ) -> NamedTuple("DecisionOutputs", [("retrain", bool), ("reasons", str)]):
     """Decides whether to retrain from feedback, drift and the rollout in progress.
 
     Rules: enough unhappy feedback (count, negatives and satisfaction together), input
-    drift, or `force`. No retrain while a canary rollout is in progress.
+    drift, or `force`. No retrain while a canary rollout is in progress. The decision is
+    also a row of `retrain_runs` when `DATABASE_URL` is set.
 
     Returns:
         decision: Every rule, whether it fired and its figures.
@@ -32,6 +35,7 @@ def decide_retrain(
         reasons: JSON list of the reasons, human-readable.
     """
     import json
+    import os
     from collections import namedtuple
 
     from feedback_loop.decide import core
@@ -42,4 +46,6 @@ def decide_retrain(
         handle.write(result.to_markdown())
     decision.metadata["decision"] = result.to_dict()
     print(f"retrain: {result.retrain}; " + "; ".join(result.reasons))
+    if os.environ.get("DATABASE_URL"):
+        core.record(os.environ["DATABASE_URL"], model_name, run_name, signals, result)
     return namedtuple("DecisionOutputs", ["retrain", "reasons"])(result.retrain, json.dumps(result.reasons))

@@ -81,3 +81,14 @@ def decide(signals: Signals, policy: Policy) -> Decision:
     if wants and s.rollout_in_progress:
         return Decision(False, rules, "a canary rollout is in progress: it finishes (or rolls back) first")
     return Decision(wants, rules)
+
+
+def record(dsn: str, model_name: str, run_name: str, signals: Signals, decision: Decision) -> None:
+    """Appends the decision to `retrain_runs`, through the feedback store."""
+    from feedback_loop.feedback import store
+
+    conn = store.connect(dsn)
+    try:
+        store.record_run(conn, model_name=model_name, run_name=run_name, retrain=decision.retrain, reasons=decision.reasons, stats=asdict(signals))
+    finally:
+        conn.close()

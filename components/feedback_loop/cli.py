@@ -1,0 +1,166 @@
+"""`feedback-loop`: compile the pipeline, run the loop locally, inspect what it decided.
+
+Settings come from defaults < --config JSON < RETRAIN_* environment < flags. Errors a user
+can act on print as one line and exit with status 2; nothing else prints a traceback
+unless --log-level DEBUG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from feedback_loop import logs, storage
+from feedback_loop.errors import FeedbackLoopError
+from feedback_loop.settings import Settings, load
+
+log = logging.getLogger("feedback_loop")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FeedbackLoopError as err:
+            click.echo(f"error: {err}", err=True)
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.option("--config", type=click.Path(dir_okay=False), help="JSON file of settings (under env and flags).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default=None)
+@click.version_option(package_name="feedback-loop")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, log_level: str | None) -> None:
+    """Keep a production model healthy: drift, feedback, retrain, evaluate, canary."""
+    ctx.obj = {"config": config, "log_level": log_level}
+
+
+def _settings(ctx: click.Context, **flags: Any) -> Settings:
+    settings = load(ctx.obj["config"], log_level=ctx.obj["log_level"], **flags)
+    logs.setup(settings.log_level)
+    return settings
+
+
+def pipeline_arguments(settings: Settings) -> dict[str, Any]:
+    """The pipeline's parameters are settings of the same names."""
+    from feedback_loop.pipelines.retraining_pipeline import retraining_pipeline
+
+    names = retraining_pipeline.component_spec.inputs.keys()
+    return {name: getattr(settings, name) for name in names}
+
+
+@main.command()
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Where to write the YAML.")
+@click.option("--registry", default=None, help="Container registry of the component images (default ghcr.io/feedback-loop).")
+def compile(output: Path | None, registry: str | None) -> None:  # noqa: A001 (the command's name)
+    """Compile the retraining pipeline to YAML (deterministic: same code, same bytes)."""
+    from kfp import compiler
+
+    from feedback_loop import local
+    from feedback_loop.images import DEFAULT_REGISTRY
+    from feedback_loop.pipelines.retraining_pipeline import retraining_pipeline
+
+    output = output or local.PIPELINE_YAML
+    with tempfile.TemporaryDirectory() as scratch:
+        staged = Path(scratch) / output.name
+        compiler.Compiler().compile(retraining_pipeline, str(staged))
+        if registry:
+            staged.write_text(staged.read_text().replace(f"{DEFAULT_REGISTRY}/", f"{registry.rstrip('/')}/"))
+        shutil.move(staged, output)
+    click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("local_outputs"), show_default=True)
+@click.option("--fresh", is_flag=True, help="Forget earlier demo runs: new database, model store and traffic.")
+@click.option("--force", is_flag=True, default=None, help="Retrain whatever the signals say.")
+@click.pass_context
+def demo(ctx: click.Context, workdir: Path, fresh: bool, force: bool | None) -> None:
+    """Run the cats-vs-dogs loop on this machine (embedded PostgreSQL, kfp.local)."""
+    from feedback_loop import local
+    from feedback_loop.demo import scenario
+    from feedback_loop.feedback import store
+
+    workdir = workdir.resolve()
+    if fresh:
+        for part in ("postgres", "model-store", "inputs", "runs"):
+            shutil.rmtree(workdir / part, ignore_errors=True)
+    settings = _settings(ctx, deploy_target="local", model_store_uri=storage.normalize(str(workdir / "model-store")), force=force)
+    started = datetime.now(timezone.utc)
+    with local.database(workdir / "postgres") as dsn:
+        conn = store.connect(dsn)
+        try:
+            store.migrate(conn)
+            seeded = scenario.seed(conn, settings.model_store_uri, settings.model_name, workdir / "inputs")
+        finally:
+            conn.close()
+        if seeded:
+            click.echo(
+                f"seeded: production {seeded.production_version} trained on {seeded.training_rows} images; "
+                f"{seeded.predictions} predictions from a new camera, {seeded.feedback} answered, {seeded.negative} negative"
+            )
+        else:
+            click.echo("already seeded: no new traffic since the last run")
+        import os
+
+        os.environ["DATABASE_URL"] = dsn  # what the Secret does on a cluster
+        run_dir = local.run_pipeline(workdir / "runs", pipeline_arguments(settings))
+    summary = local.summarize(run_dir)
+    summary["wall_seconds"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
+    storage.write_bytes(storage.normalize(str(workdir / "last-run.json")), json.dumps(summary, indent=2, default=str).encode())
+    click.echo(local.render(summary))
+    click.echo(f"  summary    {workdir / 'last-run.json'}")
+    if summary["status"] != "succeeded":
+        raise FeedbackLoopError(f"the run did not finish: {', '.join(summary['failed_tasks'])} failed; see the log above")
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def history(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """The last retrain decisions (from the retrain_runs table; needs DATABASE_URL)."""
+    from feedback_loop.feedback import store
+
+    settings = _settings(ctx)
+    conn = store.connect(settings.database_url.get_secret_value() if settings.database_url else None)
+    try:
+        rows = store.history(conn, settings.model_name, limit)
+    finally:
+        conn.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        click.echo(f"{row['started_at']:%Y-%m-%d %H:%M}  {'retrain   ' if row['retrain'] else 'no retrain'}  {'; '.join(row['reasons'])}")
+
+
+@main.command("render-isvc")
+@click.option("--name", required=True, help="InferenceService name.")
+@click.option("--storage-uri", required=True, help="Where the SavedModel lies (gs://..., s3://..., pvc://...).")
+@click.option("--namespace", default="default", show_default=True)
+@click.option("--canary", type=click.IntRange(0, 100), default=None, help="canaryTrafficPercent for the new revision.")
+@click.option("--service-account", default="", help="ServiceAccount with read access to the storage.")
+def render_isvc(name: str, storage_uri: str, namespace: str, canary: int | None, service_account: str) -> None:
+    """Print the KServe InferenceService the loop would apply, as YAML."""
+    import yaml
+
+    from feedback_loop.deploy.isvc import inference_service
+
+    manifest = inference_service(name, namespace, storage_uri, canary_percent=canary, service_account=service_account)
+    click.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
+
+
+if __name__ == "__main__":
+    main()

