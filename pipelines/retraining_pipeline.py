@@ -86,7 +86,8 @@ def retraining_pipeline(
         )
     ).set_caching_options(False)
 
-    with dsl.If(decision.outputs["retrain"] == True, name="retrain"):  # noqa: E712 (a KFP condition)
+    # Gates read a single bool `Output`: kfp.local (2.17) cannot resolve a named output in a condition.
+    with dsl.If(decision.outputs["Output"] == True, name="retrain"):  # noqa: E712 (a KFP condition)
         data = prepare_dataset(
             feedback=feedback.outputs["feedback"],
             reference_data_uri=rollout.outputs["reference_data_uri"],
@@ -111,7 +112,7 @@ def retraining_pipeline(
             min_improvement=min_improvement,
         )
 
-        with dsl.If(evaluation.outputs["blessed"] == True, name="blessed"):  # noqa: E712
+        with dsl.If(evaluation.outputs["Output"] == True, name="blessed"):  # noqa: E712
             _with_database(
                 deploy_canary(
                     candidate=training.outputs["model"],

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from kfp import dsl
 
@@ -20,6 +21,7 @@ from feedback_loop.drift.component import detect_drift
 from feedback_loop.errors import DataError
 
 N_FEATURES, SHIFTED = 20, [f"x{i:02d}" for i in (1, 6, 9, 13, 18)]
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def frame(rng: np.random.Generator, rows: int, shifted: list[str] = (), shift: float = 0.0) -> pd.DataFrame:
@@ -35,6 +37,10 @@ def frame(rng: np.random.Generator, rows: int, shifted: list[str] = (), shift: f
             **data,
         }
     )
+
+
+def write_pair(folder: Path, reference: pd.DataFrame, current: pd.DataFrame) -> tuple[Path, Path]:
+    return write_parquet(reference, folder / "reference.parquet"), write_parquet(current, folder / "current.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +82,17 @@ def test_no_shift_rarely_flags_anything(tmp_path: Path) -> None:
     # 100 repetitions through the real Parquet path; the SciPy engine and 2,000 rows keep
     # this around a few seconds (its p-values equal alibi's, see the engine test below).
     rng = np.random.default_rng(11)
+
+    def features(rows: int) -> pa.Table:
+        return pa.table({f"x{i:02d}": rng.normal(size=rows) for i in range(N_FEATURES)})
+
     alarms = 0
     for _ in range(100):
-        reference = write_parquet(frame(rng, 2_000), tmp_path / "reference.parquet")
-        current = write_parquet(frame(rng, 2_000), tmp_path / "current.parquet")
+        reference = write_parquet(features(2_000), tmp_path / "reference.parquet")
+        current = write_parquet(features(2_000), tmp_path / "current.parquet")
         alarms += core.detect(reference, current, engine="scipy").is_drift
     # Bonferroni bounds the family-wise false-alarm rate by alpha: about 5 expected.
-    assert alarms <= 10
+    assert alarms <= 10, alarms
 
 
 def test_new_category_is_flagged_and_reported(tmp_path: Path) -> None:
@@ -92,14 +102,14 @@ def test_new_category_is_flagged_and_reported(tmp_path: Path) -> None:
     current = pd.DataFrame(
         {"colour": rng.choice([*colours, "purple"], 5_000, p=[0.3, 0.3, 0.3, 0.1]), "size": rng.normal(size=5_000)}
     )
-    result = core.detect(write_parquet(reference, tmp_path / "r.parquet"), write_parquet(current, tmp_path / "c.parquet"))
+    result = core.detect(*write_pair(tmp_path, reference, current))
 
     colour = next(f for f in result.features if f.name == "colour")
     assert colour.kind == "categorical" and colour.test == "chi-squared"
     assert colour.drifted and [f.name for f in result.drifted] == ["colour"]
     assert colour.unseen == ["purple"] and colour.n_unseen == 1
     assert colour.current["purple"] == pytest.approx(0.1, abs=0.02)
-    assert "purple" not in colour.reference
+    assert colour.reference["purple"] == 0.0  # shares over the categories of both sides
     assert "purple" in colour.histogram.labels
     markdown = core.write_markdown(result, tmp_path / "summary.md").read_text()
     assert "colour" in markdown and "purple" in markdown
@@ -127,7 +137,7 @@ def test_engines_agree(tmp_path: Path) -> None:
     current["many"] = rng.choice(list("abcdefg"), rows)
     current.loc[::7, "small"] = np.nan  # NaN and nulls are dropped per column, the same way in both engines
     current.loc[::11, "many"] = None
-    ref_path, cur_path = write_parquet(reference, tmp_path / "r.parquet"), write_parquet(current, tmp_path / "c.parquet")
+    ref_path, cur_path = write_pair(tmp_path, reference, current)
 
     alibi = {f.name: f for f in core.detect(ref_path, cur_path, engine="alibi").features}
     scipy = {f.name: f for f in core.detect(ref_path, cur_path, engine="scipy").features}
@@ -172,15 +182,35 @@ def test_empty_dataset_is_a_data_error(tmp_path: Path, empty: str) -> None:
         core.detect(paths["reference"], paths["current"])
 
 
-def test_feature_without_values_is_skipped_and_said(tmp_path: Path) -> None:
+def test_untestable_features_are_skipped_and_said(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    reference = pd.DataFrame({"x": rng.normal(size=500), "gone": rng.normal(size=500)})
-    current = pd.DataFrame({"x": rng.normal(size=500), "gone": [None] * 500}).astype({"gone": "float64"})
-    result = core.detect(write_parquet(reference, tmp_path / "r.parquet"), write_parquet(current, tmp_path / "c.parquet"))
+    when = pd.Timestamp("2025-01-01")
+    reference = pd.DataFrame({"x": rng.normal(size=500), "gone": rng.normal(size=500), "zone": 1.0, "seen": when})
+    current = pd.DataFrame({"x": rng.normal(size=500), "gone": np.nan, "zone": "eu", "seen": when})
+    result = core.detect(*write_pair(tmp_path, reference, current))
 
     assert [f.name for f in result.features] == ["x"]
-    assert result.skipped == {"gone": "no values in the current data"}
-    assert "gone" in core.write_html(result, tmp_path / "r.html").read_text()
+    assert result.skipped["gone"] == "no values in the current data"
+    assert result.skipped["zone"] == "numeric (double) in reference but categorical (string) in current"
+    assert re.fullmatch(r"type timestamp\[\w+\] is neither numeric nor text", result.skipped["seen"])
+    page = core.write_html(result, tmp_path / "r.html").read_text()
+    assert all(name in page for name in result.skipped)
+
+
+def test_categorical_option_tests_integer_codes_with_chi_squared(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    reference = pd.DataFrame({"region": rng.integers(0, 4, size=2_000)})
+    current = pd.DataFrame({"region": rng.integers(0, 5, size=2_000)})  # code 4 is new
+    result = core.detect(*write_pair(tmp_path, reference, current), categorical=["region"])
+
+    (region,) = result.features
+    assert region.kind == "categorical" and region.unseen == ["4"] and region.drifted
+
+
+def test_image_only_datasets_are_not_tested(tmp_path: Path) -> None:
+    images = pd.DataFrame({"id": ["a", "b"], "pixels": [b"\x00" * 4, b"\x01" * 4], "label": ["cat", "dog"]})
+    result = core.detect(*write_pair(tmp_path, images, images))
+    assert not result.tested and not result.is_drift and "has a tabular feature column" in result.reason
 
 
 def test_run_without_reference_or_with_too_few_rows_is_not_tested(tmp_path: Path, shifted: tuple[Path, Path]) -> None:
@@ -206,7 +236,7 @@ def test_report_is_self_contained_and_escapes_names(tmp_path: Path) -> None:
     odd = '<img src=x onerror="alert(1)">&co'
     reference = pd.DataFrame({odd: rng.normal(size=400), "city": rng.choice(["Köln", "Paris"], 400)})
     current = pd.DataFrame({odd: rng.normal(1.0, 1.0, size=400), "city": rng.choice(["Köln", "Paris"], 400)})
-    result = core.detect(write_parquet(reference, tmp_path / "r.parquet"), write_parquet(current, tmp_path / "c.parquet"))
+    result = core.detect(*write_pair(tmp_path, reference, current))
     page = core.write_html(result, tmp_path / "out" / "report.html").read_text(encoding="utf-8")
 
     assert odd not in page and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;co" in page
@@ -279,12 +309,12 @@ def test_component_interface() -> None:
     assert re.search(r"/data:\d", spec.implementation.container.image)
 
 
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no headless chromium at /usr/bin/chromium to render the report")
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no headless chromium at {CHROMIUM} to render the report")
 def test_report_renders_in_a_browser(tmp_path: Path, shifted: tuple[Path, Path]) -> None:
     page = core.write_html(core.detect(*shifted, engine="scipy"), tmp_path / "report.html")
     png = tmp_path / "report.png"
     subprocess.run(
-        ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
          "--window-size=1200,2400", page.as_uri()],
         check=True, capture_output=True, timeout=60,
     )

@@ -54,7 +54,9 @@ def tabular_rows(n: int = 600, n_classes: int = 3, seed: int = 0) -> pd.DataFram
     x, y = make_classification(
         n_samples=n, n_features=6, n_informative=4, n_redundant=0, n_classes=n_classes, class_sep=1.5, random_state=seed
     )
-    frame = pd.DataFrame(x * 50 + 100, columns=[f"f{i}" for i in range(x.shape[1])])  # off-scale: Normalization must matter
+    frame = pd.DataFrame(
+        x * 50 + 100, columns=[f"f{i}" for i in range(x.shape[1])]
+    )  # off-scale: Normalization must matter
     frame.insert(0, "id", [f"row-{i}" for i in range(n)])
     frame.insert(1, "created_at", START + pd.to_timedelta(np.arange(n), unit="min"))
     frame.insert(2, "label", [f"class-{chr(ord('a') + int(k))}" for k in y])
@@ -89,14 +91,20 @@ def good_model(train_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tr
 
 
 @pytest.fixture(scope="module")
-def weak_model(animals: pd.DataFrame, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> train_core.TrainResult:
+def weak_model(
+    animals: pd.DataFrame, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> train_core.TrainResult:
     path = dataset.write_parquet(animals.iloc[:60], data_dir / "tiny.parquet")
     out = tmp_path_factory.mktemp("models") / "weak"
-    return train_core.train(path, out, train_core.TrainParams(epochs=1, seed=1), model_name="cats-vs-dogs", version="v-weak")
+    return train_core.train(
+        path, out, train_core.TrainParams(epochs=1, seed=1), model_name="cats-vs-dogs", version="v-weak"
+    )
 
 
 @pytest.fixture(scope="module")
-def shuffled_model(animals: pd.DataFrame, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> train_core.TrainResult:
+def shuffled_model(
+    animals: pd.DataFrame, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> train_core.TrainResult:
     rows = animals.iloc[:600].copy()
     rows["label"] = np.random.default_rng(7).permutation(rows["label"].to_numpy())
     path = dataset.write_parquet(rows, data_dir / "shuffled.parquet")
@@ -138,7 +146,11 @@ def test_lineage_records_data_code_and_classes(good_model: train_core.TrainResul
     assert record["classes"] == ["cat", "dog"] and record["feature_columns"] == []
     assert record["rows"] == 600
     assert pd.Timestamp(record["trained_through"]) == rows["created_at"].max()
-    assert record["data_hash"] == lineage.data_hash(train_path) == lineage.data_hash(good_model.out_dir / "training_data.parquet")
+    assert (
+        record["data_hash"]
+        == lineage.data_hash(train_path)
+        == lineage.data_hash(good_model.out_dir / "training_data.parquet")
+    )
     assert record["params"]["epochs"] == 3 and record["tf_version"] == tf.__version__
     assert record["package_version"] and record["devices"] and record["parent_version"] is None
 
@@ -148,7 +160,9 @@ def test_data_hash_depends_on_rows_not_on_the_file(animals: pd.DataFrame, tmp_pa
     first = dataset.write_parquet(rows, tmp_path / "a.parquet")
     # Same rows: another file, reversed row order, other column order, small row groups.
     second = tmp_path / "b.parquet"
-    pq.write_table(pa.Table.from_pandas(rows.iloc[::-1][["label", "pixels", "id", "created_at"]]), second, row_group_size=7)
+    pq.write_table(
+        pa.Table.from_pandas(rows.iloc[::-1][["label", "pixels", "id", "created_at"]]), second, row_group_size=7
+    )
     assert lineage.data_hash(first) == lineage.data_hash(second)
 
     changed = rows.copy()
@@ -228,7 +242,9 @@ def test_tabular_family_trains_and_is_scored_across_class_lists(tmp_path: Path) 
     two = dataset.write_parquet(rows.iloc[:600][rows["label"].iloc[:600] != "class-c"], tmp_path / "two.parquet")
     train_core.train(two, tmp_path / "production", train_core.TrainParams(epochs=2, seed=0), model_name="tabular")
     two_holdout = dataset.write_parquet(rows.iloc[600:][rows["label"].iloc[600:] != "class-c"], tmp_path / "h2.parquet")
-    verdict = evaluate_core.evaluate(tmp_path / "candidate", tmp_path / "production", two_holdout, evaluate_core.Gates())
+    verdict = evaluate_core.evaluate(
+        tmp_path / "candidate", tmp_path / "production", two_holdout, evaluate_core.Gates()
+    )
     assert verdict.production_classes == ["class-a", "class-b"] and len(verdict.classes) == 3
     assert any("classes differ" in reason for reason in verdict.reasons)
     # ...but a holdout label the production model never saw cannot be scored.
@@ -240,28 +256,20 @@ def test_tabular_family_trains_and_is_scored_across_class_lists(tmp_path: Path) 
 
 
 def test_bad_training_data_fails_with_one_clear_line(animals: pd.DataFrame, tmp_path: Path) -> None:
-    params = train_core.TrainParams(epochs=1)
-    no_label = dataset.write_parquet(animals.iloc[:20].drop(columns="label"), tmp_path / "no_label.parquet")
-    with pytest.raises(DataError, match="no 'label' column"):
-        train_core.train(no_label, tmp_path / "m1", params, model_name="m")
-
     cats = animals[animals["label"] == "cat"].iloc[:20]
-    one_class = dataset.write_parquet(cats, tmp_path / "cats.parquet")
-    with pytest.raises(DataError, match="one class only \\('cat' in 20 rows\\)"):
-        train_core.train(one_class, tmp_path / "m2", params, model_name="m")
-
-    empty = dataset.write_parquet(animals.iloc[:0], tmp_path / "empty.parquet")
-    with pytest.raises(DataError, match="no rows"):
-        train_core.train(empty, tmp_path / "m3", params, model_name="m")
-
-    bad_pixels = animals.iloc[:20].copy()
-    bad_pixels["pixels"] = [b"\x00" * 10] * 20
-    with pytest.raises(DataError, match="784 bytes per row"):
-        train_core.train(dataset.write_parquet(bad_pixels, tmp_path / "bad.parquet"), tmp_path / "m4", params, model_name="m")
-
-    for error in (DataError,):
-        assert "\n" not in str(error("x"))
-    assert not any((tmp_path / f"m{i}").exists() for i in range(1, 5))  # nothing half-written
+    bad_pixels = animals.iloc[:20].assign(pixels=[b"\x00" * 10] * 20)
+    cases = {
+        "no_label": (animals.iloc[:20].drop(columns="label"), "has no 'label' column"),
+        "one_class": (cats, "one class only \\('cat' in 20 rows\\)"),
+        "empty": (animals.iloc[:0], "has no rows"),
+        "bad_pixels": (bad_pixels, "784 bytes per row"),
+    }
+    for name, (rows, message) in cases.items():
+        path = dataset.write_parquet(rows, tmp_path / f"{name}.parquet")
+        with pytest.raises(DataError, match=message) as raised:
+            train_core.train(path, tmp_path / name, train_core.TrainParams(epochs=1), model_name="m")
+        assert "\n" not in str(raised.value)
+        assert not (tmp_path / name).exists()  # nothing half-written
 
 
 def test_missing_model_is_reported(tmp_path: Path) -> None:
@@ -280,7 +288,13 @@ def test_component_interfaces() -> None:
         "Output": "String",
     }
     assert set(train_spec.inputs) == {
-        "train", "model_name", "epochs", "learning_rate", "batch_size", "seed", "parent_version"
+        "train",
+        "model_name",
+        "epochs",
+        "learning_rate",
+        "batch_size",
+        "seed",
+        "parent_version",
     }
     assert {name: spec.type for name, spec in eval_spec.outputs.items()} == {
         "metrics": "system.Metrics@0.0.1",
@@ -306,7 +320,12 @@ def test_wrappers_run_on_real_artifacts(
     model = dsl.Model(uri=str(tmp_path / "model"))  # a plain local path: `.path` is the uri itself
     train_metrics = dsl.Metrics(uri=str(tmp_path / "train_metrics"))
     version = train_model.python_func(
-        train=train_data, model=model, metrics=train_metrics, model_name="cats-vs-dogs", epochs=1, parent_version="v-good"
+        train=train_data,
+        model=model,
+        metrics=train_metrics,
+        model_name="cats-vs-dogs",
+        epochs=1,
+        parent_version="v-good",
     )
     assert version.startswith("v") and model.metadata["version"] == version
     assert model.metadata["classes"] == ["cat", "dog"] and model.metadata["family"] == "image"

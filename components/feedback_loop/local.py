@@ -79,7 +79,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     uri = lambda task, artifact: tasks.get(task, {}).get("artifacts", {}).get(artifact, {}).get("uri", "")  # noqa: E731
 
     drift_metrics = meta("detect-drift", "metrics")
-    decision = params("decide-retrain")
+    decision = {"retrain": params("decide-retrain").get("Output"), **meta("decide-retrain", "decision").get("decision", {})}
     verdict = meta("evaluate-model", "verdict").get("verdict", {})
     trained = "train-model" in tasks
     deployment = params("deploy-canary") if "deploy-canary" in tasks else {}
@@ -94,12 +94,16 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         "drift": {
             "is_drift": params("detect-drift").get("Output"),
             "share_drifted": drift_metrics.get("share_drifted"),
-            "drifted": sorted(k.removeprefix("drifted.") for k, v in drift_metrics.items() if k.startswith("drifted.") and v),
+            "drifted": sorted(
+                k.removeprefix("p_value.")
+                for k, v in drift_metrics.items()
+                if k.startswith("p_value.") and v < drift_metrics.get("threshold", 0.0)
+            ),
             "report": uri("detect-drift", "report"),
         },
-        "decision": {"retrain": decision.get("retrain"), "reasons": json.loads(decision.get("reasons", "[]"))},
+        "decision": {"retrain": decision.get("retrain"), "reasons": decision.get("reasons", [])},
         "evaluation": {
-            "blessed": params("evaluate-model").get("blessed") if trained else None,
+            "blessed": params("evaluate-model").get("Output") if trained else None,
             "candidate": verdict.get("candidate"),
             "production": verdict.get("production"),
             "reasons": verdict.get("reasons"),

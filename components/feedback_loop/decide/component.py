@@ -1,7 +1,5 @@
 """KFP wrapper of the retrain decision."""
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import Markdown, Output
 
@@ -22,7 +20,7 @@ def decide_retrain(
     min_negative: int = 20,
     min_positive_rate: float = 0.70,
     run_name: str = "",
-) -> NamedTuple("DecisionOutputs", [("retrain", bool), ("reasons", str)]):
+) -> bool:
     """Decides whether to retrain from feedback, drift and the rollout in progress.
 
     Rules: enough unhappy feedback (count, negatives and satisfaction together), input
@@ -30,13 +28,10 @@ def decide_retrain(
     also a row of `retrain_runs` when `DATABASE_URL` is set.
 
     Returns:
-        decision: Every rule, whether it fired and its figures.
-        retrain: Whether the pipeline goes on to train.
-        reasons: JSON list of the reasons, human-readable.
+        decision: Every rule, whether it fired and its figures; the reasons in its metadata.
+        Output: Whether the pipeline goes on to train.
     """
-    import json
     import os
-    from collections import namedtuple
 
     from feedback_loop.decide import core
 
@@ -48,4 +43,4 @@ def decide_retrain(
     print(f"retrain: {result.retrain}; " + "; ".join(result.reasons))
     if os.environ.get("DATABASE_URL"):
         core.record(os.environ["DATABASE_URL"], model_name, run_name, signals, result)
-    return namedtuple("DecisionOutputs", ["retrain", "reasons"])(result.retrain, json.dumps(result.reasons))
+    return result.retrain

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -41,7 +42,9 @@ DEFAULT_BAKE_HOURS = (24.0, 48.0)
 # Annotations share a 256 KiB budget per object; the database keeps the full record.
 HISTORY_LIMIT = 100
 
-DEPLOYED, CANARY_STARTED, ADVANCED, PROMOTED, ROLLED_BACK = "deployed", "canary_started", "advanced", "promoted", "rolled_back"
+# Actions that change what serves, then the no-ops.
+DEPLOYED, CANARY_STARTED, ADVANCED = "deployed", "canary_started", "advanced"
+PROMOTED, ROLLED_BACK = "promoted", "rolled_back"
 UNCHANGED, WAITING, IDLE = "unchanged", "waiting", "idle"
 NO_OPS = frozenset({UNCHANGED, WAITING, IDLE})
 HEALTHY, UNHEALTHY, INCONCLUSIVE = "healthy", "unhealthy", "inconclusive"
@@ -81,8 +84,8 @@ class RolloutState:
     step_started_at: str | None = None  # ISO 8601, UTC
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(asdict(self), sort_keys=True, indent=indent)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> RolloutState:
@@ -128,12 +131,22 @@ class DeployOutputs(NamedTuple):
     traffic_percent: int
 
 
-def check_schedule(steps: list[int], bake_hours: list[float]) -> None:
-    """The same rule as the settings: steps rise strictly to 100, one bake time per step below it."""
-    if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
-        raise SettingsError(f"rollout_steps {list(steps)} must rise strictly from above 0 to 100, e.g. 10,50,100")
-    if len(bake_hours) != len(steps) - 1 or any(h < 0 for h in bake_hours):
-        raise SettingsError(f"bake_hours {list(bake_hours)} needs {len(steps) - 1} non-negative values, one per step before 100")
+def schedule(steps: Sequence[float], bake_hours: Sequence[float]) -> tuple[list[int], list[float]]:
+    """Checks a canary schedule by the settings' rule and returns it as whole percents and hours.
+
+    KFP hands list parameters over as JSON numbers through a protobuf Struct, so [10, 50, 100]
+    arrives as [10.0, 50.0, 100.0]; canaryTrafficPercent must be an integer.
+    """
+    if any(float(s) != int(s) for s in steps):
+        raise SettingsError(f"rollout_steps {list(steps)} must be whole percents, e.g. 10,50,100")
+    percents = [int(s) for s in steps]
+    if not percents or percents[-1] != 100 or any(not 0 < s <= 100 for s in percents) or percents != sorted(set(percents)):
+        raise SettingsError(f"rollout_steps {percents} must rise strictly from above 0 to 100, e.g. 10,50,100")
+    if len(bake_hours) != len(percents) - 1 or any(h < 0 for h in bake_hours):
+        raise SettingsError(
+            f"bake_hours {list(bake_hours)} needs {len(percents) - 1} non-negative values, one per step before 100"
+        )
+    return percents, [float(h) for h in bake_hours]
 
 
 def traffic(state: RolloutState) -> int:
@@ -162,11 +175,12 @@ def start(state: RolloutState, release: Release, now: datetime) -> tuple[Rollout
             f"let advance_rollout promote or roll it back before deploying {release.version}"
         )
     if state.stable is None or state.steps[0] == 100:
-        reason = "first deployment" if state.stable is None else f"replaces {state.stable.version} (no canary step configured)"
-        return _move(state, now, DEPLOYED, release.version, 100, reason, stable=release, canary=None, step_index=0, step_started_at=None)
+        reason = "first deployment" if state.stable is None else f"replaces {state.stable.version} (no canary step)"
+        return _move(state, now, DEPLOYED, release.version, 100, reason, stable=release, **_NO_CANARY)
     percent = state.steps[0]
     reason = f"canary beside {state.stable.version}: {percent} % for {_hours(state.bake_hours[0])}"
-    return _move(state, now, CANARY_STARTED, release.version, percent, reason, canary=release, step_index=0, step_started_at=_iso(now))
+    changes = {"canary": release, "step_index": 0, "step_started_at": _iso(now)}
+    return _move(state, now, CANARY_STARTED, release.version, percent, reason, **changes)
 
 
 def advance(state: RolloutState, now: datetime, verdict: str = HEALTHY) -> tuple[RolloutState, Transition]:
@@ -182,8 +196,7 @@ def advance(state: RolloutState, now: datetime, verdict: str = HEALTHY) -> tuple
         raise ValueError(f"verdict must be healthy, unhealthy or inconclusive, got {verdict!r}")
     canary = state.canary
     if canary is None:
-        version = state.stable.version if state.stable else ""
-        return state, _transition(now, IDLE, version, 100 if state.stable else 0, "no rollout in progress")
+        return state, _idle(state, now, "no rollout in progress")
     if verdict == UNHEALTHY:
         return rollback(state, now, "canary judged unhealthy")
     current, due = traffic(state), bake_ends_at(state)
@@ -194,23 +207,34 @@ def advance(state: RolloutState, now: datetime, verdict: str = HEALTHY) -> tuple
     baked = f"healthy at {current} % for {_hours(state.bake_hours[state.step_index])}"
     following = state.step_index + 1
     if state.steps[following] >= 100:
-        return _move(state, now, PROMOTED, canary.version, 100, baked, stable=canary, canary=None, step_index=0, step_started_at=None)
-    return _move(state, now, ADVANCED, canary.version, state.steps[following], baked, step_index=following, step_started_at=_iso(now))
+        return _move(state, now, PROMOTED, canary.version, 100, baked, stable=canary, **_NO_CANARY)
+    changes = {"step_index": following, "step_started_at": _iso(now)}
+    return _move(state, now, ADVANCED, canary.version, state.steps[following], baked, **changes)
 
 
 def rollback(state: RolloutState, now: datetime, reason: str) -> tuple[RolloutState, Transition]:
     """Drops the canary; the stable version serves all traffic again (also the operator's kill switch)."""
     if state.canary is None or state.stable is None:
-        return state, _transition(now, IDLE, state.stable.version if state.stable else "", 100 if state.stable else 0, "no rollout in progress: nothing to roll back")
+        return state, _idle(state, now, "no rollout in progress: nothing to roll back")
     reason = f"{reason}; {state.stable.version} serves 100 %"
-    return _move(state, now, ROLLED_BACK, state.canary.version, 0, reason, canary=None, step_index=0, step_started_at=None)
+    return _move(state, now, ROLLED_BACK, state.canary.version, 0, reason, **_NO_CANARY)
+
+
+_NO_CANARY: dict[str, Any] = {"canary": None, "step_index": 0, "step_started_at": None}
 
 
 def _transition(now: datetime, action: str, version: str, share: int, reason: str) -> Transition:
     return Transition(_iso(now), action, version, share, reason)
 
 
-def _move(state: RolloutState, now: datetime, action: str, version: str, share: int, reason: str, **changes: Any) -> tuple[RolloutState, Transition]:
+def _idle(state: RolloutState, now: datetime, reason: str) -> Transition:
+    stable = state.stable
+    return _transition(now, IDLE, stable.version if stable else "", 100 if stable else 0, reason)
+
+
+def _move(
+    state: RolloutState, now: datetime, action: str, version: str, share: int, reason: str, **changes: Any
+) -> tuple[RolloutState, Transition]:
     moved = _transition(now, action, version, share, reason)
     history = [*state.history, asdict(moved)][-HISTORY_LIMIT:]
     return replace(state, history=history, **changes), moved
@@ -234,7 +258,7 @@ def _hours(hours: float) -> str:
 # --- model store ------------------------------------------------------------------------
 
 
-def version_uri(store_uri: str, model_name: str, version: str) -> str:
+def version_dir_uri(store_uri: str, model_name: str, version: str) -> str:
     return storage.join(storage.normalize(store_uri), model_name, version)
 
 
@@ -253,8 +277,8 @@ def publish(model_dir: Path, store_uri: str, model_name: str, version: str) -> R
     """Uploads a version directory to `<store>/<model_name>/<version>`; a complete one is left alone."""
     model_dir = Path(model_dir)
     if not (model_dir / SAVED_MODEL_DIR).is_dir():
-        raise ModelNotFound(f"{model_dir} has no {SAVED_MODEL_DIR}/ directory: the serving runtime would find nothing to load")
-    uri = version_uri(store_uri, model_name, version)
+        raise ModelNotFound(f"{model_dir} has no {SAVED_MODEL_DIR}/ directory: the serving runtime would load nothing")
+    uri = version_dir_uri(store_uri, model_name, version)
     if storage.is_complete(uri):
         log.info("%s %s is already in the model store at %s", model_name, version, uri)
     else:
@@ -266,7 +290,7 @@ def publish(model_dir: Path, store_uri: str, model_name: str, version: str) -> R
 def read_lineage(version_uri: str) -> dict[str, Any]:
     uri = storage.join(version_uri, LINEAGE_FILE)
     if not storage.exists(uri):
-        raise ModelNotFound(f"{uri} not found: the model store lost a version the rollout refers to; restore it or deploy another")
+        raise ModelNotFound(f"{uri} not found: the model store lost a version the rollout uses; restore it or deploy another")
     return json.loads(storage.read_bytes(uri))
 
 
@@ -306,7 +330,7 @@ class LocalTarget:
         return RolloutState.from_json(storage.read_bytes(self.uri)) if storage.exists(self.uri) else None
 
     def write(self, state: RolloutState) -> None:
-        storage.write_bytes(self.uri, (json.dumps(json.loads(state.to_json()), indent=2, sort_keys=True) + "\n").encode())
+        storage.write_bytes(self.uri, (state.to_json(indent=2) + "\n").encode())
 
     def __str__(self) -> str:
         return f"local ({self.uri})"
@@ -353,7 +377,7 @@ class KServeTarget:
 
     def read(self) -> RolloutState | None:
         existing = self._get()
-        raw = ((existing or {}).get("metadata") or {}).get("annotations", {}).get(ROLLOUT_ANNOTATION)
+        raw = (((existing or {}).get("metadata") or {}).get("annotations") or {}).get(ROLLOUT_ANNOTATION)
         return RolloutState.from_json(raw) if raw else None
 
     def write(self, state: RolloutState) -> None:
@@ -380,39 +404,48 @@ class KServeTarget:
                 f"recreate it with annotation {isvc.DEPLOYMENT_MODE_ANNOTATION}: Serverless (needs Knative), "
                 "or set rollout_steps to 100 to replace versions without a canary"
             )
-        predictor: dict[str, Any] = {"model": {"storageUri": serving.storage_uri}, "canaryTrafficPercent": percent}  # None deletes it
+        # In a merge patch, None (null) deletes canaryTrafficPercent.
+        predictor: dict[str, Any] = {"model": {"storageUri": serving.storage_uri}, "canaryTrafficPercent": percent}
         if self.service_account:
             predictor["serviceAccountName"] = self.service_account
         patch = {"metadata": {"annotations": {ROLLOUT_ANNOTATION: state.to_json()}}, "spec": {"predictor": predictor}}
         self._call("patch", name=self.name, body=patch)
 
     def _get(self) -> dict[str, Any] | None:
-        try:
-            return self._call("get", name=self.name)
-        except _NotFound:
-            return None
+        return self._call("get", name=self.name)
 
     def _call(self, verb: str, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
         method = getattr(self.api, f"{verb}_namespaced_custom_object")
         if verb != "get":
             # Refuse, rather than silently prune, a field the CRD does not know.
             kwargs["field_validation"] = "Strict"
         try:
             return method(isvc.GROUP, isvc.VERSION, self.namespace, isvc.PLURAL, **kwargs)
-        except Exception as err:  # ApiException, or urllib3 errors when the server is unreachable
+        except (ApiException, HTTPError) as err:  # HTTPError: the API server is unreachable
             status = getattr(err, "status", None)
             if verb == "get" and status == 404:
-                raise _NotFound from None
-            reason = getattr(err, "reason", None) or type(err).__name__
-            hint = {403: "grant the deploy ServiceAccount get/create/patch on inferenceservices", 404: "is KServe installed?"}
-            raise DeploymentError(
-                f"{verb} InferenceService {self.namespace}/{self.name} failed ({status or ''} {reason}".replace("( ", "(")
-                + f"): {hint.get(status, 'check the cluster and the KServe controller')}"
-            ) from None
+                return None
+            cause = " ".join(str(p) for p in (status, _api_message(err)) if p)
+            hint = _HINTS.get(status, "check the cluster and the KServe controller")
+            raise DeploymentError(f"{verb} InferenceService {self.namespace}/{self.name} failed ({cause}): {hint}") from None
 
 
-class _NotFound(Exception):
-    pass
+def _api_message(err: Exception) -> str:
+    """The API server's own message (a Status object in the body), else the HTTP reason."""
+    try:
+        return str(json.loads(getattr(err, "body", None) or "")["message"])
+    except (ValueError, TypeError, KeyError):
+        return str(getattr(err, "reason", None) or type(err).__name__)
+
+
+_HINTS = {
+    403: "grant the deploy ServiceAccount get, create and patch on inferenceservices in this namespace",
+    404: "is KServe installed in this cluster?",
+    422: "the API server refused the manifest; check the InferenceService CRD version",
+}
 
 
 def spec_canary_percent(state: RolloutState) -> int | None:
@@ -451,7 +484,9 @@ def _custom_objects_api() -> Any:
     return client.CustomObjectsApi()
 
 
-def make_target(deploy_target: str, store_uri: str, model_name: str, namespace: str = "default", service_account: str = "", api: Any = None) -> Target:
+def make_target(
+    deploy_target: str, store_uri: str, model_name: str, namespace: str = "default", service_account: str = "", api: Any = None
+) -> Target:
     if deploy_target == "local":
         return LocalTarget(store_uri, model_name)
     if deploy_target == "kserve":
@@ -469,16 +504,16 @@ def deploy(
     target: Target,
     now: datetime,
     *,
-    steps: list[int] = list(DEFAULT_STEPS),
-    bake_hours: list[float] = list(DEFAULT_BAKE_HOURS),
+    steps: Sequence[float] = DEFAULT_STEPS,
+    bake_hours: Sequence[float] = DEFAULT_BAKE_HOURS,
 ) -> tuple[RolloutState, Transition]:
     """Publishes the candidate and starts its rollout (or deploys it outright when nothing serves)."""
-    check_schedule(steps, bake_hours)
+    percents, hours = schedule(steps, bake_hours)
     version = candidate_version(model_dir)
     state = target.read() or RolloutState()
     if state.canary is None:  # a new rollout follows today's schedule; one in progress keeps its own
-        state = replace(state, steps=list(steps), bake_hours=list(bake_hours))
-    release = Release.at(version, version_uri(store_uri, model_name, version))
+        state = replace(state, steps=percents, bake_hours=hours)
+    release = Release.at(version, version_dir_uri(store_uri, model_name, version))
     state, transition = start(state, release, now)  # refuses before anything is uploaded
     if transition.changed:
         publish(model_dir, store_uri, model_name, version)
@@ -555,17 +590,18 @@ def record(model_name: str, transitions: list[Transition], state: RolloutState |
     return len(changed)
 
 
-def write_record(path: Path | str, model_name: str, transitions: list[Transition], state: RolloutState | None, target: object) -> None:
+def write_record(
+    path: Path | str, model_name: str, transitions: list[Transition], state: RolloutState | None, target: object
+) -> None:
     """A Markdown record of what happened and what serves now."""
-    cell = lambda text: str(text).replace("|", "\\|") or "-"  # noqa: E731
     lines = [
         f"# Rollout of `{model_name}`",
         "",
-        f"Target: {cell(target)}",
+        f"Target: {_cell(target)}",
         "",
         "| time (UTC) | action | version | traffic | reason |",
         "|---|---|---|---:|---|",
-        *(f"| {t.at} | {t.action} | {cell(t.version)} | {t.traffic} % | {cell(t.reason)} |" for t in transitions),
+        *(f"| {t.at} | {t.action} | {_cell(t.version)} | {t.traffic} % | {_cell(t.reason)} |" for t in transitions),
         "",
         "## Serving now",
         "",
@@ -576,7 +612,8 @@ def write_record(path: Path | str, model_name: str, transitions: list[Transition
         share = traffic(state)
         lines.append(f"- stable: `{state.stable.version}` at {100 - share} % ({state.stable.uri})")
         if state.canary is not None:
-            lines.append(f"- canary: `{state.canary.version}` at {share} % ({state.canary.uri}), step {state.step_index + 1} of {len(state.steps)}")
+            step = f"step {state.step_index + 1} of {len(state.steps)}"
+            lines.append(f"- canary: `{state.canary.version}` at {share} % ({state.canary.uri}), {step}")
             due = bake_ends_at(state)
             lines.append(f"- next step due: {_iso(due) if due else 'now'}")
     lines += [
@@ -587,3 +624,7 @@ def write_record(path: Path | str, model_name: str, transitions: list[Transition
     ]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("\n".join(lines))
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|") or "-"

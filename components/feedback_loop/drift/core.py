@@ -198,6 +198,14 @@ def detect(
             f"current dataset {current} has no rows: widen the feedback window (days_back) or wait for traffic"
         )
     ref_features, cur_features = dataset.feature_columns(ref_schema), dataset.feature_columns(cur_schema)
+    if not ref_features and not cur_features:
+        # The image family carries only `pixels`: nothing tabular to test, which is no mismatch.
+        result = not_tested(
+            "neither dataset has a tabular feature column (raw image inputs are not tested for drift)",
+            n_reference=n_reference, n_current=n_current, p_value=p_value, correction=correction, engine=engine,
+        )
+        logger.info("%s", verdict(result))
+        return result
     in_current = set(cur_features)
     common = [name for name in ref_features if name in in_current]
     if not common:
@@ -219,8 +227,11 @@ def detect(
     for name in common:
         ref_col, cur_col = ref_table.column(name), cur_table.column(name)
         ref_kind, cur_kind = _kind(ref_col.type, name in forced), _kind(cur_col.type, name in forced)
-        if ref_kind is None or ref_kind != cur_kind:
-            skipped[name] = f"type {ref_col.type} in reference, {cur_col.type} in current: not testable together"
+        if ref_kind is None or cur_kind is None:
+            skipped[name] = f"type {ref_col.type if ref_kind is None else cur_col.type} is neither numeric nor text"
+            continue
+        if ref_kind != cur_kind:
+            skipped[name] = f"{ref_kind} ({ref_col.type}) in reference but {cur_kind} ({cur_col.type}) in current"
             continue
         if ref_kind == "numeric":
             ref_values, cur_values = _numeric(ref_col), _numeric(cur_col)
@@ -301,19 +312,22 @@ def _local_copy(uri: str) -> Iterator[Path]:
 
 def _schema_and_rows(path: Path, role: str) -> tuple[pa.Schema, int]:
     try:
-        parquet = pq.ParquetFile(path)
+        metadata = pq.read_metadata(path)
     except FileNotFoundError:
         raise DataError(f"{role} dataset {path} does not exist: check the path or URI given for it") from None
     except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{role} dataset {path} is not a readable Parquet file ({err}): write it with feedback_loop.dataset") from None
-    return parquet.schema_arrow, parquet.metadata.num_rows
+        raise DataError(
+            f"{role} dataset {path} is not a readable Parquet file ({err}): write it with feedback_loop.dataset"
+        ) from None
+    return metadata.schema.to_arrow_schema(), metadata.num_rows
 
 
 def _kind(type_: pa.DataType, forced_categorical: bool) -> Kind | None:
-    is_number = pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_boolean(type_) or pa.types.is_decimal(type_)
+    t = pa.types
+    is_number = t.is_integer(type_) or t.is_floating(type_) or t.is_boolean(type_) or t.is_decimal(type_)
     if pa.types.is_dictionary(type_):
         type_ = type_.value_type
-    is_text = pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_string_view(type_)
+    is_text = t.is_string(type_) or t.is_large_string(type_) or t.is_string_view(type_)
     if is_text or (forced_categorical and is_number):
         return "categorical"
     return "numeric" if is_number else None
@@ -473,7 +487,8 @@ def write_markdown(result: DriftResult, path: Path | str, top: int = 10) -> Path
             lines += ["", f"…and {len(drifted) - top} more drifted features in the HTML report."]
         lines.append("")
     for f in (f for f in result.ranked() if f.n_unseen):
-        lines.append(f"- `{f.name}`: {_count(f.n_unseen, 'category', 'categories')} unseen in the reference ({', '.join(f.unseen[:5])})")
+        unseen = _count(f.n_unseen, "category", "categories")
+        lines.append(f"- `{f.name}`: {unseen} unseen in the reference ({', '.join(f.unseen[:5])})")
     if result.skipped:
         lines.append("")
         lines.append("Not tested: " + "; ".join(f"`{k}` ({v})" for k, v in result.skipped.items()))

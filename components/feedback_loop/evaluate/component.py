@@ -1,7 +1,5 @@
 """KFP wrapper of the evaluation stage: `evaluate_model`."""
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -17,7 +15,7 @@ def evaluate_model(
     verdict: Output[Markdown],
     production_model_uri: str = "",
     min_improvement: float = 0.02,
-) -> NamedTuple("EvaluationOutputs", [("blessed", bool), ("candidate_accuracy", float), ("production_accuracy", float)]):
+) -> bool:
     """Scores the candidate and the production model on the same holdout rows and decides the blessing.
 
     Args:
@@ -27,16 +25,13 @@ def evaluate_model(
         min_improvement: Relative accuracy gain over production needed for a blessing (0.02 = 2 %).
 
     Returns:
-        metrics: candidate.* and production.* metrics (accuracy, precision, recall, f1, roc_auc, log_loss), relative_improvement, blessed.
+        metrics: candidate.* and production.* accuracy, precision, recall, f1, roc_auc, log_loss; relative_improvement.
         confusion: The candidate's confusion matrix on the holdout.
         verdict: The decision, one reason per gate, and both models' metrics.
-        blessed: Whether the candidate may be deployed.
-        candidate_accuracy: The candidate's accuracy on the holdout.
-        production_accuracy: The production model's accuracy on the holdout; 0.0 when there is no production model.
+        Output: Whether the candidate is blessed: it may be deployed.
     """
     import math
     import tempfile
-    from collections import namedtuple
     from pathlib import Path
 
     from feedback_loop import logs, storage
@@ -59,6 +54,4 @@ def evaluate_model(
     Path(verdict.path).parent.mkdir(parents=True, exist_ok=True)
     Path(verdict.path).write_text(result.to_markdown())
     verdict.metadata["verdict"] = result.to_dict()
-    outputs = namedtuple("EvaluationOutputs", ["blessed", "candidate_accuracy", "production_accuracy"])
-    production_accuracy = result.production["accuracy"] if result.production else 0.0
-    return outputs(result.blessed, result.candidate["accuracy"], production_accuracy)
+    return result.blessed

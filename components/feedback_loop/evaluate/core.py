@@ -62,7 +62,9 @@ class Verdict:
 
     def to_markdown(self) -> str:
         title = "Blessed" if self.blessed else "Not blessed"
-        against = f"production {self.production_version or '(unknown version)'}" if self.production else "no production model"
+        against = (
+            f"production {self.production_version or '(unknown version)'}" if self.production else "no production model"
+        )
         lines = [
             f"## {title}: candidate {self.candidate_version or '(unknown version)'} vs {against}",
             "",
@@ -78,7 +80,12 @@ class Verdict:
             lines.append(f"| {name} | {_fmt(value)} | {_fmt(other)} |")
         lines += ["", _matrix_markdown("Candidate confusion matrix", self.classes, self.confusion_matrix)]
         if self.production_confusion_matrix is not None and self.production_classes is not None:
-            lines += ["", _matrix_markdown("Production confusion matrix", self.production_classes, self.production_confusion_matrix)]
+            lines += [
+                "",
+                _matrix_markdown(
+                    "Production confusion matrix", self.production_classes, self.production_confusion_matrix
+                ),
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -146,7 +153,9 @@ def evaluate(candidate_dir: Path, production_dir: Path | None, holdout_path: Pat
         floor = gates.min_accuracy_without_production
         blessed = cand_value >= floor
         sign = "≥" if blessed else "<"
-        reasons = [f"no production model: {PRIMARY_METRIC} {cand_value:.3f} {sign} {floor:.3f} required for a first model"]
+        reasons = [
+            f"no production model: {PRIMARY_METRIC} {cand_value:.3f} {sign} {floor:.3f} required for a first model"
+        ]
     else:
         production_model = load_model(production_dir)
         production_version = production_model.version
@@ -199,7 +208,9 @@ def _fmt(value: float | None) -> str:
 def _matrix_markdown(title: str, classes: list[str], matrix: list[list[int]]) -> str:
     lines = [f"**{title}** (rows: true class, columns: predicted)", "", "| | " + " | ".join(classes) + " |"]
     lines.append("|---|" + "---:|" * len(classes))
-    lines += [f"| **{name}** | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(classes, matrix)]
+    lines += [
+        f"| **{name}** | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(classes, matrix, strict=True)
+    ]
     return "\n".join(lines)
 
 

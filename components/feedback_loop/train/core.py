@@ -21,7 +21,7 @@ import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,9 @@ def image_array(frame: pd.DataFrame) -> np.ndarray:
     if PIXELS not in frame.columns:
         raise DataError(f"the model reads images but the data has no '{PIXELS}' column")
     pixels = frame[PIXELS]
-    bad = [i for i, value in enumerate(pixels) if not isinstance(value, (bytes, bytearray)) or len(value) != IMAGE_BYTES]
+    bad = [
+        i for i, value in enumerate(pixels) if not isinstance(value, (bytes, bytearray)) or len(value) != IMAGE_BYTES
+    ]
     if bad:
         first = pixels.iloc[bad[0]]
         size = len(first) if isinstance(first, (bytes, bytearray)) else type(first).__name__
@@ -147,7 +149,7 @@ def tabular_array(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
         values = frame[columns].to_numpy(dtype=np.float32)
     except (TypeError, ValueError) as err:
         raise DataError(f"feature columns {', '.join(columns)} must be numeric: {err}") from None
-    if nulls := [c for c, has_null in zip(columns, np.isnan(values).any(axis=0)) if has_null]:
+    if nulls := [c for c, has_null in zip(columns, np.isnan(values).any(axis=0), strict=True) if has_null]:
         raise DataError(f"feature columns with missing values: {', '.join(nulls)}; impute them in prepare_dataset")
     return values
 
@@ -159,7 +161,9 @@ def model_inputs(frame: pd.DataFrame, family: str, features: list[str]) -> np.nd
 def encode_labels(labels: pd.Series, classes: list[str]) -> np.ndarray:
     index = {name: i for i, name in enumerate(classes)}
     if unknown := sorted(set(labels) - index.keys()):
-        raise DataError(f"labels unknown to the model: {', '.join(map(repr, unknown))} (model classes: {', '.join(classes)})")
+        raise DataError(
+            f"labels unknown to the model: {', '.join(map(repr, unknown))} (model classes: {', '.join(classes)})"
+        )
     return labels.map(index).to_numpy(dtype=np.int64)
 
 
@@ -241,7 +245,7 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 def new_version(now: datetime | None = None) -> str:
-    return (now or datetime.now(timezone.utc)).strftime("v%Y%m%d-%H%M%S")
+    return (now or datetime.now(UTC)).strftime("v%Y%m%d-%H%M%S")
 
 
 def train(
@@ -259,7 +263,8 @@ def train(
     classes = sorted(frame[LABEL].unique())
     if len(classes) < 2:
         raise DataError(
-            f"dataset {train_path} has one class only ({classes[0]!r} in {len(frame)} rows): a classifier needs two or more"
+            f"dataset {train_path} has one class only ({classes[0]!r} in {len(frame)} rows): "
+            "a classifier needs two or more"
         )
     family = IMAGE if PIXELS in frame.columns else TABULAR
     features = numeric_features(frame) if family == TABULAR else []
@@ -267,7 +272,11 @@ def train(
     x_fit, y_fit = model_inputs(fit_rows, family, features), encode_labels(fit_rows[LABEL], classes)
     log.info(
         "training %s %s on %d rows (%d for validation), classes %s",
-        model_name, family, len(frame), 0 if val_rows is None else len(val_rows), classes,
+        model_name,
+        family,
+        len(frame),
+        0 if val_rows is None else len(val_rows),
+        classes,
     )
 
     keras.utils.set_random_seed(params.seed)
@@ -301,9 +310,7 @@ def train(
     )
     epochs_run = len(fit.history["loss"])
     best = early_stopping.best_epoch if early_stopping.best_weights is not None else epochs_run - 1
-    history = {
-        name: float(values[best]) for name, values in fit.history.items() if name != "learning_rate"
-    }
+    history = {name: float(values[best]) for name, values in fit.history.items() if name != "learning_rate"}
 
     version = version or new_version()
     lineage = {
@@ -320,11 +327,12 @@ def train(
         **code_lineage(),
         "tf_version": tf.__version__,
         "devices": devices,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
         "parent_version": parent_version,
     }
     export(model, out_dir, lineage, train_path)
-    log.info("exported %s %s to %s (kept epoch %d of %d: %s)", model_name, version, out_dir, best + 1, epochs_run, history)
+    kept = " ".join(f"{name}={value:.4g}" for name, value in sorted(history.items()))
+    log.info("exported %s %s to %s (kept epoch %d of %d: %s)", model_name, version, out_dir, best + 1, epochs_run, kept)
     return TrainResult(version, out_dir, history, epochs_run, best + 1, lineage)
 
 
