@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 
 def setup(level: str | None = None) -> None:
@@ -11,3 +12,14 @@ def setup(level: str | None = None) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("urllib3", "google", "absl", "h5py", "matplotlib", "numba"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    sys.excepthook = _one_line_errors
+
+
+def _one_line_errors(kind, value, traceback) -> None:  # noqa: ANN001 (sys.excepthook's signature)
+    from feedback_loop.errors import FeedbackLoopError
+
+    if isinstance(value, FeedbackLoopError) and not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # A component's user error reads as one line in the task log, not a traceback.
+        print(f"error: {value}", file=sys.stderr, flush=True)
+        return
+    sys.__excepthook__(kind, value, traceback)

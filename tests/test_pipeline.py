@@ -1,0 +1,71 @@
+"""The compiled pipeline: committed, fresh, gated in the graph, secrets and GPU where they belong."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+from feedback_loop.cli import main, pipeline_arguments
+from feedback_loop.settings import load
+
+COMMITTED = Path(__file__).resolve().parents[1] / "pipelines" / "retraining_pipeline.yaml"
+
+
+def compiled(tmp_path: Path, *args: str) -> str:
+    out = tmp_path / "pipeline.yaml"
+    result = CliRunner().invoke(main, ["compile", "--output", str(out), *args])
+    assert result.exit_code == 0, result.output
+    return out.read_text()
+
+
+def test_committed_yaml_is_not_stale(tmp_path: Path) -> None:
+    assert compiled(tmp_path) == COMMITTED.read_text(), "run `./build.sh compile` and commit pipelines/retraining_pipeline.yaml"
+
+
+def test_registry_is_a_compile_option_and_tags_are_pinned(tmp_path: Path) -> None:
+    text = compiled(tmp_path, "--registry", "europe-docker.pkg.dev/acme/ml")
+    images = {line.split("image:")[1].strip() for line in text.splitlines() if "image:" in line}
+    assert images and all(i.startswith("europe-docker.pkg.dev/acme/ml/") for i in images)
+    assert not any(i.endswith(":latest") for i in images)
+
+
+def test_graph_gates_gpu_secrets_and_caching() -> None:
+    spec = yaml.safe_load_all(COMMITTED.read_text())
+    pipeline, platform = next(spec), next(spec)
+    dag = pipeline["root"]["dag"]["tasks"]
+    # Gates live in the graph: retrain → (prepare, train, evaluate) → blessed → deploy.
+    assert dag["condition-1"]["triggerPolicy"]["condition"].endswith("decide-retrain-Output'] == true")
+    inner = pipeline["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert {"prepare-dataset", "train-model", "evaluate-model", "condition-2"} <= set(inner)
+    assert "deploy-canary" in pipeline["components"]["comp-condition-2"]["dag"]["tasks"]
+    # The training task asks for a GPU.
+    train = pipeline["deploymentSpec"]["executors"]["exec-train-model"]["container"]
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    # Database credentials come from a Kubernetes Secret, as env, on each task that needs them.
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for task in ("exec-extract-feedback", "exec-advance-rollout", "exec-decide-retrain", "exec-deploy-canary"):
+        (secret,) = executors[task]["secretAsEnv"]
+        assert secret["secretName"] == "feedback-loop-db" and secret["keyToEnv"][0]["envVar"] == "DATABASE_URL"
+    assert "exec-train-model" not in executors
+    # Results that depend on the clock are never cached.
+    for task in ("advance-rollout", "extract-feedback", "decide-retrain"):
+        assert dag[task]["cachingOptions"] == {}, task
+    assert pipeline["components"]["comp-condition-2"]["dag"]["tasks"]["deploy-canary"]["cachingOptions"] == {}
+
+
+def test_pipeline_parameters_are_the_settings() -> None:
+    arguments = pipeline_arguments(load(model_store_uri="gs://bucket/models", days_back=7))
+    assert arguments["days_back"] == 7 and arguments["model_store_uri"] == "gs://bucket/models"
+    spec = yaml.safe_load(COMMITTED.read_text().split("\n---\n")[0])
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == set(arguments)
+
+
+def test_compiling_does_not_read_the_environment(tmp_path: Path) -> None:
+    env = {"RETRAIN_DAYS_BACK": "3", "PATH": "/usr/bin:/bin"}
+    out = tmp_path / "env.yaml"
+    subprocess.run([sys.executable, "-m", "feedback_loop.cli", "compile", "--output", str(out)], env=env, check=True, capture_output=True)
+    assert out.read_text() == COMMITTED.read_text()

@@ -1,0 +1,94 @@
+"""Dataset preparation: old data + corrected feedback, a time-aware split that cannot leak."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from kfp import dsl
+
+from feedback_loop.dataset import write_parquet
+from feedback_loop.errors import DataError
+from feedback_loop.prepare import core
+from feedback_loop.prepare.component import prepare_dataset
+
+T0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
+
+
+def make_inputs(tmp_path: Path, n_feedback: int = 60) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame(
+        {
+            "id": [f"train-{i}" for i in range(20)],
+            "created_at": pd.to_datetime([T0 - timedelta(days=30 - i) for i in range(20)], utc=True),
+            "label": rng.choice(["cat", "dog"], 20),
+            "pixels": [rng.integers(0, 255, (28, 28), dtype=np.uint8).tobytes() for _ in range(20)],
+            "brightness": rng.random(20),
+        }
+    )
+    rows = []
+    for i in range(n_feedback):
+        image = np.full((28, 28), i, dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.save(buffer, image)
+        uri_path = tmp_path / "inputs" / f"p{i}.npy"
+        uri_path.parent.mkdir(exist_ok=True)
+        uri_path.write_bytes(buffer.getvalue())
+        labelled = i % 4 != 3  # every fourth prediction got no answer
+        rows.append(
+            {
+                "id": f"p{i}",
+                "created_at": T0 + timedelta(hours=i),
+                "predicted_label": "cat",
+                "is_correct": (i % 2 == 0) if labelled else None,
+                "label": ("cat" if i % 2 == 0 else "dog") if labelled else None,
+                "input_uri": f"file://{uri_path}",
+                "brightness": float(i),
+                "confidence": 0.8,
+            }
+        )
+    feedback = pd.DataFrame(rows)
+    feedback["created_at"] = pd.to_datetime(feedback["created_at"], utc=True)
+    return write_parquet(reference, tmp_path / "reference.parquet"), write_parquet(feedback, tmp_path / "feedback.parquet")
+
+
+def test_holdout_is_the_most_recent_labelled_feedback(tmp_path: Path) -> None:
+    reference, feedback = make_inputs(tmp_path)
+    split = core.prepare(reference, feedback, tmp_path / "train.parquet", tmp_path / "holdout.parquet", 0.3)
+    train, holdout = pd.read_parquet(tmp_path / "train.parquet"), pd.read_parquet(tmp_path / "holdout.parquet")
+    assert (split.reference_rows, split.feedback_rows) == (20, 45)
+    assert len(holdout) == 14 and len(train) == 20 + 31
+    assert not set(train["id"]) & set(holdout["id"])
+    assert holdout["created_at"].min() > train["created_at"].max()
+    assert holdout["label"].notna().all() and "confidence" not in holdout.columns
+    # The image comes from the stored input, not from the database.
+    first = holdout.iloc[0]
+    assert np.frombuffer(first["pixels"], dtype=np.uint8)[0] == int(first["brightness"])
+
+
+def test_too_little_feedback_for_a_holdout_is_a_clear_error(tmp_path: Path) -> None:
+    reference, feedback = make_inputs(tmp_path, n_feedback=8)
+    with pytest.raises(DataError, match="labelled feedback rows: at least"):
+        core.prepare(reference, feedback, tmp_path / "t.parquet", tmp_path / "h.parquet", 0.3)
+
+
+def test_the_leak_check_refuses_a_split_that_shares_rows() -> None:
+    train = pd.DataFrame({"id": ["a", "b", "c"]})
+    with pytest.raises(DataError, match="1 rows are in both train and holdout"):
+        core.assert_disjoint(train, pd.DataFrame({"id": ["c", "d"]}))
+
+
+def test_wrapper_with_artifacts_on_disk(tmp_path: Path) -> None:
+    reference, feedback = make_inputs(tmp_path)
+    train, holdout, stats = (dsl.Dataset(uri=str(tmp_path / n)) for n in ("train", "holdout", "stats"))
+    stats = dsl.Metrics(uri=str(tmp_path / "stats"))
+    prepare_dataset.python_func(
+        feedback=dsl.Dataset(uri=str(feedback)), train=train, holdout=holdout, stats=stats, reference_data_uri=f"file://{reference}"
+    )
+    assert pq.read_table(train.path).num_rows == 51 and pq.read_table(holdout.path).num_rows == 14
+    assert stats.metadata["holdout_rows"] == 14.0
