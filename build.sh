@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# feedback-loop's one entry point: setup | demo | test | compile | images | bench
+# feedback-loop's one entry point: setup | demo | test | compile | images | lock | bench
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -79,6 +79,19 @@ cmd_images() {
   done
 }
 
+cmd_lock() {
+  # Re-resolves each image's locked requirements from pyproject.toml (Linux x86_64, Python 3.11).
+  setup
+  "$PY" -m pip install --quiet uv
+  local uv="$VENV/bin/uv" flags=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header --quiet)
+  for group in data deploy serve; do
+    "$uv" pip compile pyproject.toml --extra "$group" "${flags[@]}" -o "components/images/$group/requirements.txt"
+  done
+  "$uv" pip compile pyproject.toml components/images/train/requirements.in --extra train \
+    --override components/images/train/overrides.txt "${flags[@]}" -o components/images/train/requirements.txt
+  say "locked components/images/*/requirements.txt"
+}
+
 cmd_bench() {
   setup
   local name="${1:-}"
@@ -96,9 +109,10 @@ case "${1:-}" in
   test) shift; cmd_test "$@" ;;
   compile) shift; cmd_compile "$@" ;;
   images) shift; cmd_images "$@" ;;
+  lock) cmd_lock ;;
   bench) shift; cmd_bench "$@" ;;
   *)
-    echo "usage: ./build.sh setup | demo [--fresh] | test [pytest args] | compile [--registry R] | images | bench NAME" >&2
+    echo "usage: ./build.sh setup | demo [--fresh] | test [pytest args] | compile [--registry R] | images | lock | bench NAME" >&2
     exit 2
     ;;
 esac

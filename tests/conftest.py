@@ -34,10 +34,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def database_url(postgres_server: str) -> Iterator[str]:
     """A fresh, migrated database for one test; dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(postgres_server)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
+    admin(postgres_server, f'CREATE DATABASE "{name}"')
     dsn = make_dsn(**{**parse_dsn(postgres_server), "dbname": name})
     conn = store.connect(dsn)
     store.migrate(conn)
@@ -45,9 +42,18 @@ def database_url(postgres_server: str) -> Iterator[str]:
     try:
         yield dsn
     finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def admin(dsn: str, statement: str) -> None:
+    # A short-lived connection: CREATE/DROP DATABASE cannot run in a transaction.
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        connection.close()
 
 
 @pytest.fixture

@@ -20,14 +20,16 @@ import yaml
 from kfp.dsl import Markdown, Model
 from kubernetes.client.exceptions import ApiException
 
+import kserve_crds
+
 from feedback_loop import storage
 from feedback_loop.deploy import core, isvc
 from feedback_loop.deploy.component import advance_rollout, deploy_canary
 from feedback_loop.errors import DeploymentError, ModelNotFound, SettingsError
 from feedback_loop.images import DEPLOY_IMAGE
 
-# ../shared/kserve-crds beside the repository; absent in a user's own clone.
-CRD_FILE = Path(__file__).resolve().parents[2] / "shared" / "kserve-crds" / "serving.kserve.io_inferenceservices.yaml"
+CRD_FILE = kserve_crds.crd_file("inferenceservices")
+closed = kserve_crds.closed
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
 
@@ -59,31 +61,9 @@ def release(version: str) -> core.Release:
     return core.Release.at(version, f"file:///store/m/{version}")
 
 
-def closed(schema: Any) -> Any:
-    """The schema as the API server applies it: unknown fields are not allowed.
-
-    A structural CRD schema prunes fields it does not list (or, with fieldValidation=Strict,
-    refuses them); JSON Schema accepts them unless told otherwise. The InferenceService CRD
-    sets neither `additionalProperties: false` nor, under `spec`, preserve-unknown-fields,
-    so every object that lists its properties is closed here.
-    """
-    if isinstance(schema, list):
-        return [closed(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    schema = {key: closed(value) for key, value in schema.items()}
-    lists_fields = isinstance(schema.get("properties"), dict)
-    if lists_fields and "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
-        schema["additionalProperties"] = False
-    return schema
-
-
 @functools.cache
 def load_crd_schema() -> dict[str, Any] | None:
-    if not CRD_FILE.exists():
-        return None
-    crd = yaml.load(CRD_FILE.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]["openAPIV3Schema"]
+    return kserve_crds.schema("inferenceservices", "v1beta1")
 
 
 @pytest.fixture(scope="module")
