@@ -162,5 +162,90 @@ def render_isvc(name: str, storage_uri: str, namespace: str, canary: int | None,
     click.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
 
 
+def _kfp_options(command: Any) -> Any:
+    """--host/--namespace/--token (else KFP_HOST, KFP_NAMESPACE, KFP_TOKEN), the package and experiment."""
+    from feedback_loop.operate import kfp_api
+
+    for option in reversed([
+        click.option("--host", default=None, help="KFP API address (env KFP_HOST)."),
+        click.option("--namespace", "kfp_namespace", default=None, help="Kubeflow profile namespace (env KFP_NAMESPACE)."),
+        click.option("--token", default=None, help="Bearer token (env KFP_TOKEN; prefer the env: flags show in `ps`)."),
+        click.option("--package", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Compiled pipeline YAML (default: the packaged one)."),
+        click.option("--experiment", default=kfp_api.DEFAULT_EXPERIMENT, show_default=True),
+        click.option("--run-service-account", default="", help="ServiceAccount the run's pods use (e.g. feedback-loop)."),
+    ]):
+        command = option(command)
+    return command
+
+
+@main.command()
+@_kfp_options
+@click.option("--run-name", default=None, help="Name of the run in the UI.")
+@click.pass_context
+def submit(ctx: click.Context, host, kfp_namespace, token, package, experiment, run_service_account, run_name) -> None:  # noqa: ANN001
+    """Start one run of the pipeline on Kubeflow (settings become its parameters)."""
+    from feedback_loop import local
+    from feedback_loop.operate import kfp_api
+
+    arguments = kfp_api.check_cluster_arguments(pipeline_arguments(_settings(ctx)))
+    connection = kfp_api.Connection.from_env(host, kfp_namespace, token)
+    run_id, name = kfp_api.submit(connection, package or local.PIPELINE_YAML, arguments, experiment=experiment,
+                                  run_name=run_name, service_account=run_service_account)
+    click.echo(f"started run {name} ({run_id}) in experiment {experiment}")
+
+
+@main.command()
+@_kfp_options
+@click.option("--name", "schedule_name", default="feedback-loop-daily", show_default=True, help="The recurring run's name (its identity).")
+@click.option("--cron", default="0 0 3 * * *", show_default=True, help="Six fields, seconds first.")
+@click.option("--enable/--disable", "enabled", default=None, help="Start or pause the recurring run (default: keep; new ones start enabled).")
+@click.option("--replace-running", is_flag=True, help="Replace the recurring run even if one of its runs is in flight (it is killed).")
+@click.pass_context
+def schedule(ctx: click.Context, host, kfp_namespace, token, package, experiment, run_service_account,  # noqa: ANN001
+             schedule_name, cron, enabled, replace_running) -> None:
+    """Create or update the recurring run by name: newest pipeline version, one run at a time, no catch-up."""
+    from feedback_loop import local
+    from feedback_loop.operate import kfp_api
+    from feedback_loop.pipelines.retraining_pipeline import PIPELINE_NAME
+
+    arguments = kfp_api.check_cluster_arguments(pipeline_arguments(_settings(ctx)))
+    connection = kfp_api.Connection.from_env(host, kfp_namespace, token)
+    result = kfp_api.schedule(
+        connection, package or local.PIPELINE_YAML, arguments, pipeline_name=PIPELINE_NAME, name=schedule_name,
+        cron=cron, experiment=experiment, enabled=enabled, service_account=run_service_account, replace_running=replace_running,
+    )
+    state = "enabled" if result.enabled else "disabled"
+    click.echo(f"recurring run {schedule_name} {result.action} ({result.recurring_run_id}): {result.version_name} on {cron!r}, {state}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Model name on the endpoints (default: the model_name setting).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 inside a pod).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.pass_context
+def serve(ctx: click.Context, model_dir: Path, name: str | None, host: str, port: int) -> None:
+    """Serve an exported version (v1 and v2 REST, /metrics) with KServe's ModelServer."""
+    from feedback_loop.serving.server import serve as run_server
+
+    settings = _settings(ctx)
+    run_server(model_dir, name or settings.model_name, host, port, settings.log_level)
+
+
+@main.command()
+@click.option("--reason", default="operator kill switch", show_default=True, help="Recorded with the roll-back.")
+@click.option("--target", "deploy_target", type=click.Choice(["local", "kserve"]), default=None, help="Default: the deploy_target setting.")
+@click.pass_context
+def rollback(ctx: click.Context, reason: str, deploy_target: str | None) -> None:
+    """Roll the canary in progress back now: the stable version serves 100 % again."""
+    from feedback_loop.deploy import core
+
+    settings = _settings(ctx, deploy_target=deploy_target)
+    target = core.make_target(settings.deploy_target, settings.model_store_uri, settings.model_name, settings.namespace)
+    state, transition = core.abort_rollout(target, datetime.now(timezone.utc), reason)
+    core.record(settings.model_name, [transition], state)
+    click.echo(f"{settings.model_name} on {target}: {transition.action}: {transition.reason}")
+
+
 if __name__ == "__main__":
     main()
