@@ -1,4 +1,4 @@
-"""Where a model came from: which rows, which code, which revision.
+"""Where a model came from: which rows, which code, which revision, which image and libraries.
 
 `data_hash` identifies a dataset by its content, not by its file: the same rows written
 twice (another file, another row group layout, another row order, another column order)
@@ -8,6 +8,7 @@ hash the same; any changed value hashes differently.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from feedback_loop import __version__
 from feedback_loop.dataset import CREATED_AT, ID
 
 GIT_SHA_ENV = "FEEDBACK_LOOP_GIT_SHA"
+IMAGE_ENV = "FEEDBACK_LOOP_IMAGE"  # set on the task by the pipeline (the registry rewrite reaches it)
+# The distributions whose versions change what a trained model computes or how it is read.
+DEPENDENCIES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "scikit-learn", "kfp")
 _BATCH_ROWS = 65_536
 
 
@@ -78,5 +82,26 @@ def git_sha() -> str | None:
     return os.environ.get(GIT_SHA_ENV) or None
 
 
+def image() -> str | None:
+    """The container image the code ran in, when the pipeline named it (FEEDBACK_LOOP_IMAGE)."""
+    return os.environ.get(IMAGE_ENV) or None
+
+
+def dependency_versions(names: tuple[str, ...] = DEPENDENCIES) -> dict[str, str]:
+    """Installed versions of `names`; a distribution that is not installed is left out."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
 def code_lineage() -> dict[str, Any]:
-    return {"package_version": package_version(), "git_sha": git_sha()}
+    return {
+        "package_version": package_version(),
+        "git_sha": git_sha(),
+        "image": image(),
+        "dependencies": dependency_versions(),
+    }

@@ -11,20 +11,36 @@ def prepare_dataset(
     feedback: Input[Dataset],
     train: Output[Dataset],
     holdout: Output[Dataset],
+    test: Output[Dataset],
     stats: Output[Metrics],
     reference_data_uri: str = "",
+    production_model_uri: str = "",
     holdout_fraction: float = 0.3,
+    window: str = "expanding",
+    window_days: float = 90.0,
+    split: str = "recent_feedback",
 ):
     """Joins the production model's training data with corrected feedback; splits by time.
 
-    The holdout is the most recent `holdout_fraction` of labelled feedback; no row id is
-    in both sets (checked). `reference_data_uri` is the production model's
-    `training_data.parquet` in the model store, or "" when there is none.
+    The holdout is the most recent `holdout_fraction` of labelled feedback (of all rows with
+    `split="time_series"`); no row id is in training and in the holdout or test set (checked).
+
+    Args:
+        feedback: Parquet of recent predictions with their feedback.
+        reference_data_uri: The production model's `training_data.parquet` in the model store, or "".
+        production_model_uri: The production version directory; its `test_data.parquet`, when
+            present, is the original test set carried forward. "" when none serves.
+        holdout_fraction: Share of the newest rows held out for candidate vs production.
+        window: expanding (all history), sliding (last `window_days`), or weighted (all
+            history; training weights rows by age).
+        window_days: Length of a sliding window, in days before the holdout starts.
+        split: recent_feedback, or time_series for time-ordered data.
 
     Returns:
-        train: Parquet rows to train on (old data, then older feedback).
-        holdout: Parquet rows, the most recent feedback, for candidate vs production.
-        stats: Row counts of each part.
+        train: Parquet rows to train on (old data, then older feedback, within the window).
+        holdout: Parquet rows, the most recent, for candidate vs production.
+        test: Parquet rows of the original test set (this holdout when production has none).
+        stats: Row counts of each part, rows dropped by the window, whether the test set was carried.
     """
     import tempfile
     from pathlib import Path
@@ -34,10 +50,25 @@ def prepare_dataset(
 
     logs.setup()
     with tempfile.TemporaryDirectory() as scratch:
-        reference = None
+        reference = original_test = None
         if reference_data_uri:
             reference = Path(scratch) / "reference.parquet"
             reference.write_bytes(storage.read_bytes(reference_data_uri))
-        split = core.prepare(reference, Path(feedback.path), Path(train.path), Path(holdout.path), holdout_fraction)
-    for name, value in split.metrics().items():
+        test_uri = storage.join(production_model_uri, "test_data.parquet") if production_model_uri else ""
+        if test_uri and storage.exists(test_uri):
+            original_test = Path(scratch) / "test.parquet"
+            original_test.write_bytes(storage.read_bytes(test_uri))
+        split_info = core.prepare(
+            reference,
+            Path(feedback.path),
+            Path(train.path),
+            Path(holdout.path),
+            holdout_fraction,
+            test_out=Path(test.path),
+            original_test=original_test,
+            window=window,
+            window_days=window_days,
+            split=split,
+        )
+    for name, value in split_info.metrics().items():
         stats.log_metric(name, value)

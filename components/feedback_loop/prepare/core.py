@@ -1,7 +1,14 @@
-"""Old training data + corrected feedback → a time-aware train / holdout split with no shared row.
+"""Old training data + corrected feedback → a time-aware train / holdout / test split with no shared row.
 
-The holdout is the most recent slice of labelled feedback: the data the next model will
-meet, on which candidate and production are compared. Everything older trains.
+The holdout is the most recent slice: the data the next model will meet, on which
+candidate and production are compared. With `split="recent_feedback"` (the default) it is
+the newest labelled feedback; with `split="time_series"` (time-ordered data, e.g. a market
+model) it is the newest rows of all data, and every training row is older than every
+holdout row. Everything older trains, within the window (see `windows`).
+
+The original test set stays fixed: the production model's `test_data.parquet`, carried
+from version to version; the first time there is none, this run's holdout becomes it.
+No row id may be in training and in the holdout or the test set (the leak check).
 """
 
 from __future__ import annotations
@@ -17,11 +24,14 @@ import pyarrow.parquet as pq
 
 from feedback_loop import storage
 from feedback_loop.dataset import CREATED_AT, ID, LABEL, PIXELS, SERVING_COLUMNS, write_parquet
-from feedback_loop.errors import DataError
+from feedback_loop.errors import DataError, SettingsError
+from feedback_loop.prepare import windows
 
 log = logging.getLogger(__name__)
 
 MIN_HOLDOUT_ROWS = 10
+RECENT_FEEDBACK, TIME_SERIES = "recent_feedback", "time_series"
+SPLITS = (RECENT_FEEDBACK, TIME_SERIES)
 
 
 @dataclass(frozen=True)
@@ -31,9 +41,12 @@ class Split:
     feedback_rows: int
     reference_rows: int
     holdout_start: str
+    test_rows: int = 0
+    dropped_by_window: int = 0
+    test_carried: bool = False
 
     def metrics(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.__dict__.items() if isinstance(v, int)}
+        return {k: float(v) for k, v in self.__dict__.items() if isinstance(v, (int, bool))}
 
 
 def load_pixels(uri: str) -> bytes:
@@ -54,33 +67,82 @@ def labelled_feedback(feedback_path: Path, with_pixels: bool) -> pd.DataFrame:
     return rows.drop(columns=[c for c in rows.columns if c in SERVING_COLUMNS])
 
 
-def prepare(reference: Path | None, feedback_path: Path, train_out: Path, holdout_out: Path, holdout_fraction: float = 0.3) -> Split:
+def prepare(
+    reference: Path | None,
+    feedback_path: Path,
+    train_out: Path,
+    holdout_out: Path,
+    holdout_fraction: float = 0.3,
+    *,
+    test_out: Path | None = None,
+    original_test: Path | None = None,
+    window: str = windows.EXPANDING,
+    window_days: float = 90.0,
+    split: str = RECENT_FEEDBACK,
+) -> Split:
+    """Writes train, holdout and (with `test_out`) the original test set; see the module docstring."""
+    if split not in SPLITS:
+        raise SettingsError(f"unknown split {split!r}: choose {', '.join(SPLITS)}")
+    windows.check(window, window_days, 1.0)
     old = pd.read_parquet(reference) if reference else pd.DataFrame()
     with_pixels = PIXELS in old.columns or (old.empty and _has_input_uris(feedback_path))
     new = labelled_feedback(feedback_path, with_pixels).sort_values([CREATED_AT, ID], kind="stable")
+    if split == TIME_SERIES:
+        pool = pd.concat([old, new], ignore_index=True) if not old.empty else new
+        pool = pool.drop_duplicates(subset=[ID], keep="last").sort_values([CREATED_AT, ID], kind="stable")
+        old, new = pool.iloc[:0], pool
     n_holdout = int(len(new) * holdout_fraction + 0.5)
     if n_holdout < MIN_HOLDOUT_ROWS:
+        what = "labelled rows" if split == TIME_SERIES else "labelled feedback rows"
         raise DataError(
-            f"only {len(new)} labelled feedback rows: at least {int(np.ceil(MIN_HOLDOUT_ROWS / holdout_fraction))} are needed "
+            f"only {len(new)} {what}: at least {int(np.ceil(MIN_HOLDOUT_ROWS / holdout_fraction))} are needed "
             "for a holdout; collect more feedback or lower holdout_fraction"
         )
     holdout, recent_train = new.iloc[len(new) - n_holdout :], new.iloc[: len(new) - n_holdout]
     train = pd.concat([old, recent_train], ignore_index=True) if not old.empty else recent_train
     train = train.drop_duplicates(subset=[ID], keep="last")
+    test = pd.read_parquet(original_test) if original_test else holdout
+    # Rows of the fixed test set never train, even when they came back as feedback.
+    train = train[~train[ID].isin(set(test[ID]))]
+    before = len(train)
+    train = windows.select(train, window, window_days, end=pd.to_datetime(holdout[CREATED_AT], utc=True).min())
     assert_disjoint(train, holdout)
+    assert_disjoint(train, test, "test")
+    if split == TIME_SERIES:
+        assert_time_ordered(train, holdout)
     write_parquet(train.reset_index(drop=True), train_out)
     write_parquet(holdout.reset_index(drop=True), holdout_out)
-    split = Split(len(train), len(holdout), len(new), len(old), str(holdout[CREATED_AT].min()))
-    log.info("train %d rows (%d old + %d feedback), holdout %d rows from %s", split.train_rows, len(old), len(recent_train), split.holdout_rows, split.holdout_start)
-    return split
+    if test_out is not None:
+        write_parquet(test.reset_index(drop=True), test_out)
+    split_info = Split(
+        len(train), len(holdout), len(new), len(old), str(holdout[CREATED_AT].min()),
+        test_rows=len(test), dropped_by_window=before - len(train), test_carried=original_test is not None,
+    )
+    log.info(
+        "train %d rows (%d old + %d feedback, %d outside the %s window), holdout %d rows from %s, test %d rows (%s)",
+        split_info.train_rows, len(old), len(recent_train), split_info.dropped_by_window, window,
+        split_info.holdout_rows, split_info.holdout_start, split_info.test_rows,
+        "carried from production" if original_test else "this run's holdout",
+    )
+    return split_info
 
 
-def assert_disjoint(train: pd.DataFrame, holdout: pd.DataFrame) -> None:
-    """The leak check: no row id may be both trained on and held out."""
+def assert_time_ordered(train: pd.DataFrame, holdout: pd.DataFrame) -> None:
+    """A time-series split: every training row is older than every holdout row."""
+    if train.empty:
+        return
+    last_train = pd.to_datetime(train[CREATED_AT], utc=True).max()
+    first_holdout = pd.to_datetime(holdout[CREATED_AT], utc=True).min()
+    if last_train > first_holdout:
+        raise DataError(f"training rows reach {last_train} but the holdout starts at {first_holdout}: the split looks ahead")
+
+
+def assert_disjoint(train: pd.DataFrame, holdout: pd.DataFrame, name: str = "holdout") -> None:
+    """The leak check: no row id may be both trained on and held out (or in the test set)."""
     shared = set(train[ID]) & set(holdout[ID])
     if shared:
         example = sorted(shared)[:3]
-        raise DataError(f"{len(shared)} rows are in both train and holdout (e.g. {example}): the split leaks")
+        raise DataError(f"{len(shared)} rows are in both train and {name} (e.g. {example}): the split leaks")
 
 
 def _has_input_uris(path: Path) -> bool:

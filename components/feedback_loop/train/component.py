@@ -9,6 +9,8 @@ from feedback_loop.images import TRAIN_IMAGE
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def train_model(
     train: Input[Dataset],
+    test: Input[Dataset],
+    drift_metrics: Input[Metrics],
     model: Output[Model],
     metrics: Output[Metrics],
     model_name: str,
@@ -17,35 +19,83 @@ def train_model(
     batch_size: int = 64,
     seed: int = 42,
     parent_version: str = "",
+    production_model_uri: str = "",
+    family: str = "auto",
+    strategy: str = "auto",
+    auto_drift_share: float = 0.5,
+    auto_new_data_fraction: float = 0.5,
+    window: str = "expanding",
+    half_life_days: float = 30.0,
+    mixed_precision: bool = False,
+    xla: bool = False,
 ) -> str:
-    """Trains a Keras classifier (CNN for images, MLP for tabular rows) and exports it for KServe.
+    """Trains a Keras model of the chosen family and exports it for KServe with its lineage.
 
     Args:
         train: Training rows (Parquet, the shared dataset contract).
+        test: The original test set, stored with the model for the next versions' no-regression gate.
+        drift_metrics: The drift stage's metrics; `share_drifted` steers the `auto` strategy.
         model_name: Name of the served model, recorded in the lineage.
         epochs: Most epochs to run; early stopping on the newest rows may end sooner.
-        learning_rate: Adam's initial learning rate (halved on plateaus).
-        batch_size: Rows per step and per GPU.
-        seed: Seed of weights, shuffling and dropout.
+        learning_rate: Adam's initial learning rate (halved on plateaus; scaled down to fine-tune).
+        batch_size: Rows per step and per GPU (the global batch grows with the GPUs).
+        seed: Seed of weights, shuffling, dropout and sampled negatives.
         parent_version: Version this model replaces ("" for the first model).
+        production_model_uri: Model-store URI of the serving version, the warm start of a fine-tune.
+        family: auto, image_classifier, tabular_classifier, tabular_regressor, recommender, or module:function.
+        strategy: scratch, fine_tune, or auto (from scratch when drift is broad or the new data large).
+        auto_drift_share: Share of drifted features from which `auto` trains from scratch.
+        auto_new_data_fraction: Share of rows newer than production from which `auto` trains from scratch.
+        window: The data window; `weighted` weights rows by age with `half_life_days`.
+        half_life_days: Age at which a row counts half, for the weighted window.
+        mixed_precision: float16 (GPU) or bfloat16 (CPU) compute with float32 weights.
+        xla: Compile the training step with XLA.
 
     Returns:
-        model: Version directory: model.keras, saved_model/1/ (TF Serving), lineage.json, training_data.parquet.
-        metrics: Loss and accuracy (training and validation) of the kept epoch, and the epochs run.
+        model: Version directory: model.keras, saved_model/1/ (TF Serving), lineage.json, training_data.parquet,
+            reference_predictions.parquet, test_data.parquet.
+        metrics: Loss and metrics (training and validation) of the kept epoch, the epochs run, fine-tuned or not.
         Output: The new model version, e.g. v20240101-120000.
     """
+    import tempfile
     from pathlib import Path
 
-    from feedback_loop import logs
+    from feedback_loop import logs, storage
     from feedback_loop.train import core
 
     logs.setup()
-    params = core.TrainParams(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed)
-    result = core.train(
-        Path(train.path), Path(model.path), params, model_name=model_name, parent_version=parent_version or None
+    params = core.TrainParams(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        seed=seed,
+        family=family,
+        strategy=strategy,
+        auto_drift_share=auto_drift_share,
+        auto_new_data_fraction=auto_new_data_fraction,
+        half_life_days=half_life_days if window == "weighted" else None,
+        mixed_precision=mixed_precision,
+        xla=xla,
     )
+    share = drift_metrics.metadata.get("share_drifted")
+    with tempfile.TemporaryDirectory() as scratch:
+        # Only a warm start (or the choice of one) needs the production model's files.
+        wanted = production_model_uri and strategy != "scratch"
+        parent_dir = storage.download_dir(production_model_uri, Path(scratch)) if wanted else None
+        result = core.train(
+            Path(train.path),
+            Path(model.path),
+            params,
+            model_name=model_name,
+            parent_version=parent_version or None,
+            parent_dir=parent_dir,
+            drift_share=float(share) if share is not None else None,
+            test_path=Path(test.path),
+        )
     for name, value in result.history.items():
         metrics.log_metric(name, value)
     metrics.log_metric("epochs_run", result.epochs_run)
-    model.metadata.update({key: result.lineage[key] for key in ("version", "family", "classes", "data_hash")})
+    metrics.log_metric("fine_tuned", float(result.strategy == core.FINE_TUNE))
+    keys = ("version", "family", "classes", "data_hash", "strategy", "strategy_reason")
+    model.metadata.update({key: result.lineage[key] for key in keys})
     return result.version

@@ -1,18 +1,27 @@
 """Trains the served model on a Parquet dataset and exports it for KServe.
 
-The data picks the family:
-    image    the dataset has a `pixels` column (784 uint8 bytes, a 28x28 grey image): a small CNN.
-    tabular  otherwise: the numeric feature columns, normalised inside the model, then an MLP.
+The family (see `families`) is chosen by name, or inferred from the columns (`auto`):
+images, user-item interactions, else a tabular classifier. Preprocessing lives inside the
+model, so a client sends raw values and serving cannot drift from training.
 
-Preprocessing lives inside the model (reshape and rescale, or a Normalization layer adapted
-on the training rows), so a client sends raw values and serving cannot drift from training.
+Strategy: `scratch` builds a new model; `fine_tune` warm-starts from the production model
+with a lower learning rate; `auto` fine-tunes unless drift is broad or the new data is a
+large share of the rows (thresholds in `TrainParams`), or the production model cannot
+take the data (new classes, lost columns).
+
+On GPUs: `MirroredStrategy` over all visible GPUs with the global batch scaled by the
+replica count; mixed precision (float16 on GPU, bfloat16 on CPU) and XLA are options.
 
 One directory per version:
-    model.keras              the Keras model (evaluation and the custom predictor load it)
-    saved_model/1/           TF-Serving SavedModel, signature `serving_default`:
-                             {pixels | features: float32} -> {probabilities: float32 [N, classes]}
-    lineage.json             classes, data hash, code version, parameters, devices, parent
-    training_data.parquet    the rows trained on: the next run's drift reference
+    model.keras                   the Keras model (evaluation and the custom predictor load it)
+    saved_model/1/                TF-Serving SavedModel, signature `serving_default`:
+                                  {pixels | features | user, item} -> {probabilities | value | scores}
+    lineage.json                  family, spec, data hash, code and image, dependency versions,
+                                  parameters, strategy, devices, parent, feature importance
+    training_data.parquet         the rows trained on: the next run's drift reference
+    reference_predictions.parquet id, label, predicted_label, confidence on the validation rows:
+                                  the reference for prediction drift
+    test_data.parquet             the original test set, carried from version to version
 """
 
 from __future__ import annotations
@@ -31,23 +40,37 @@ import pandas as pd
 import pyarrow as pa
 import tensorflow as tf
 
-from feedback_loop.dataset import CREATED_AT, ID, LABEL, PIXELS, feature_columns
-from feedback_loop.errors import DataError, ModelNotFound
+from feedback_loop.dataset import CREATED_AT, ID, LABEL, write_parquet
+from feedback_loop.errors import DataError, ModelNotFound, SettingsError
 from feedback_loop.lineage import code_lineage, data_hash
+from feedback_loop.prepare.windows import decay_weights
+from feedback_loop.train import families
+from feedback_loop.train.families import (  # noqa: F401 (re-exported: the stage's public face)
+    CLASSIFICATION,
+    IMAGE_BYTES,
+    IMAGE_SIDE,
+    RANKING,
+    REGRESSION,
+    encode_labels,
+    image_array,
+    numeric_features,
+    tabular_array,
+)
 
 log = logging.getLogger(__name__)
 
-IMAGE, TABULAR = "image", "tabular"
-IMAGE_SIDE = 28
-IMAGE_BYTES = IMAGE_SIDE * IMAGE_SIDE
-OUTPUT_NAME = "probabilities"
 MODEL_FILE = "model.keras"
 LINEAGE_FILE = "lineage.json"
 SAVED_MODEL_DIR = "saved_model"
 SERVING_VERSION = "1"  # TF Serving (KServe's tensorflow runtime) loads numbered version dirs
 TRAINING_DATA_FILE = "training_data.parquet"
-_INPUT_NAMES = {IMAGE: "pixels", TABULAR: "features"}
+REFERENCE_PREDICTIONS_FILE = "reference_predictions.parquet"
+TEST_DATA_FILE = "test_data.parquet"
+SCRATCH, FINE_TUNE, AUTO = "scratch", "fine_tune", "auto"
+STRATEGIES = (SCRATCH, FINE_TUNE, AUTO)
 _PREDICT_BATCH = 512
+_IMPORTANCE_ROWS = 2000
+_IMPORTANCE_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -58,16 +81,28 @@ class TrainParams:
     seed: int = 42
     validation_fraction: float = 0.15  # taken from the most recent rows
     patience: int = 3
+    family: str = families.AUTO
+    strategy: str = AUTO
+    fine_tune_learning_rate_factor: float = 0.1  # warm starts move gently away from production
+    auto_drift_share: float = 0.5  # auto: from scratch when at least this share of features drifted
+    auto_new_data_fraction: float = 0.5  # auto: ...or when at least this share of rows is new to production
+    half_life_days: float | None = None  # weighted window: exponential-decay sample weights
+    mixed_precision: bool = False
+    xla: bool = False
 
 
 @dataclass(frozen=True)
 class TrainResult:
     version: str
     out_dir: Path
-    history: dict[str, float]  # loss, accuracy, val_loss, val_accuracy of the epoch whose weights were kept
+    history: dict[str, float]  # loss, metrics, val_* of the epoch whose weights were kept
     epochs_run: int
     best_epoch: int  # 1-based
     lineage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def strategy(self) -> str:
+        return str(self.lineage.get("strategy"))
 
 
 @dataclass(frozen=True)
@@ -77,7 +112,7 @@ class LoadedModel:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.lineage["classes"])
+        return list(self.lineage.get("classes") or [])
 
     @property
     def family(self) -> str:
@@ -86,6 +121,18 @@ class LoadedModel:
     @property
     def version(self) -> str | None:
         return self.lineage.get("version")
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return families.spec_from_lineage(self.lineage)
+
+    @property
+    def family_impl(self) -> families.Family:
+        return families.from_lineage(self.lineage)
+
+    @property
+    def task(self) -> str:
+        return self.family_impl.task
 
 
 # --- data -------------------------------------------------------------------------------
@@ -111,62 +158,6 @@ def read_labelled(path: Path) -> pd.DataFrame:
     return labelled
 
 
-def image_array(frame: pd.DataFrame) -> np.ndarray:
-    """`pixels` bytes as float32 [N, 28, 28] of raw values 0..255 (the model rescales)."""
-    if PIXELS not in frame.columns:
-        raise DataError(f"the model reads images but the data has no '{PIXELS}' column")
-    pixels = frame[PIXELS]
-    bad = [
-        i for i, value in enumerate(pixels) if not isinstance(value, (bytes, bytearray)) or len(value) != IMAGE_BYTES
-    ]
-    if bad:
-        first = pixels.iloc[bad[0]]
-        size = len(first) if isinstance(first, (bytes, bytearray)) else type(first).__name__
-        where = frame[ID].iloc[bad[0]] if ID in frame.columns else bad[0]
-        raise DataError(
-            f"column '{PIXELS}' must hold {IMAGE_BYTES} bytes per row (a {IMAGE_SIDE}x{IMAGE_SIDE} uint8 image); "
-            f"{len(bad)} rows do not, e.g. row {where!r} ({size})"
-        )
-    flat = np.frombuffer(b"".join(pixels), dtype=np.uint8)
-    return flat.reshape(-1, IMAGE_SIDE, IMAGE_SIDE).astype(np.float32)
-
-
-def numeric_features(frame: pd.DataFrame) -> list[str]:
-    """The numeric feature columns, in file order; other feature columns are left out."""
-    candidates = feature_columns(list(frame.columns))
-    numeric = [c for c in candidates if pd.api.types.is_numeric_dtype(frame[c])]
-    if skipped := [c for c in candidates if c not in numeric]:
-        log.warning("ignoring non-numeric feature columns: %s", ", ".join(skipped))
-    if not numeric:
-        raise DataError(f"no numeric feature column to train on (columns: {', '.join(frame.columns)})")
-    return numeric
-
-
-def tabular_array(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    if missing := [c for c in columns if c not in frame.columns]:
-        raise DataError(f"feature columns missing: {', '.join(missing)}; the model was trained on {', '.join(columns)}")
-    try:
-        values = frame[columns].to_numpy(dtype=np.float32)
-    except (TypeError, ValueError) as err:
-        raise DataError(f"feature columns {', '.join(columns)} must be numeric: {err}") from None
-    if nulls := [c for c, has_null in zip(columns, np.isnan(values).any(axis=0), strict=True) if has_null]:
-        raise DataError(f"feature columns with missing values: {', '.join(nulls)}; impute them in prepare_dataset")
-    return values
-
-
-def model_inputs(frame: pd.DataFrame, family: str, features: list[str]) -> np.ndarray:
-    return image_array(frame) if family == IMAGE else tabular_array(frame, features)
-
-
-def encode_labels(labels: pd.Series, classes: list[str]) -> np.ndarray:
-    index = {name: i for i, name in enumerate(classes)}
-    if unknown := sorted(set(labels) - index.keys()):
-        raise DataError(
-            f"labels unknown to the model: {', '.join(map(repr, unknown))} (model classes: {', '.join(classes)})"
-        )
-    return labels.map(index).to_numpy(dtype=np.int64)
-
-
 def split_recent(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """(fit rows, validation rows): validation is the most recent `fraction` by created_at.
 
@@ -180,40 +171,38 @@ def split_recent(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd
     return ordered.iloc[:-n_val], ordered.iloc[-n_val:]
 
 
-def _as_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int | None) -> tf.data.Dataset:
-    data = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+def as_dataset(
+    inputs: dict[str, np.ndarray],
+    targets: np.ndarray,
+    batch: int,
+    seed: int | None,
+    weights: np.ndarray | None = None,
+) -> tf.data.Dataset:
+    """Batches for `fit`: decoded once into tensors, shuffled by index, gathered per batch, prefetched.
+
+    The decoded columns stay in memory as whole tensors (the cache); each step gathers one
+    batch with a vectorised `tf.gather` instead of shuffling and batching row by row.
+    """
+    columns: dict[str, Any] = {"x": {k: tf.constant(v) for k, v in inputs.items()}, "y": tf.constant(targets)}
+    if weights is not None:
+        columns["w"] = tf.constant(weights)
+    tensors = tf.data.Dataset.from_tensors(columns).cache()
+    n = len(targets)
+    order = tf.data.Dataset.range(n)
     if seed is not None:
-        data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return data.batch(batch).prefetch(tf.data.AUTOTUNE)
+        order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    order = order.batch(batch)
+
+    def gather(index: tf.Tensor, data: dict[str, Any]) -> tuple:
+        picked = tf.nest.map_structure(lambda t: tf.gather(t, index), data)
+        x = picked["x"] if len(picked["x"]) > 1 else next(iter(picked["x"].values()))
+        return (x, picked["y"], picked["w"]) if "w" in picked else (x, picked["y"])
+
+    data = tf.data.Dataset.zip(order, tensors.repeat())
+    return data.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
-# --- model ------------------------------------------------------------------------------
-
-
-def build_image_model(n_classes: int) -> keras.Model:
-    inputs = keras.Input((IMAGE_SIDE, IMAGE_SIDE), name=_INPUT_NAMES[IMAGE])
-    x = keras.layers.Reshape((IMAGE_SIDE, IMAGE_SIDE, 1))(inputs)
-    x = keras.layers.Rescaling(1.0 / 255)(x)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(64, activation="relu")(x)
-    x = keras.layers.Dropout(0.3)(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name=OUTPUT_NAME)(x)
-    return keras.Model(inputs, outputs, name="image_classifier")
-
-
-def build_tabular_model(n_classes: int, x_train: np.ndarray) -> keras.Model:
-    normalize = keras.layers.Normalization()
-    normalize.adapt(x_train)  # statistics of the training rows only, stored in the model
-    inputs = keras.Input((x_train.shape[1],), name=_INPUT_NAMES[TABULAR])
-    x = normalize(inputs)
-    x = keras.layers.Dense(32, activation="relu")(x)
-    x = keras.layers.Dense(32, activation="relu")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name=OUTPUT_NAME)(x)
-    return keras.Model(inputs, outputs, name="tabular_classifier")
+# --- devices and strategy ---------------------------------------------------------------
 
 
 def pick_strategy() -> tuple[tf.distribute.Strategy, list[str]]:
@@ -227,6 +216,51 @@ def pick_strategy() -> tuple[tf.distribute.Strategy, list[str]]:
         devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")][:1]
     log.info("training on %s", ", ".join(devices))
     return strategy, devices
+
+
+def precision_policy(mixed: bool) -> str:
+    """float16 compute on GPUs (tensor cores), bfloat16 on CPUs, or plain float32."""
+    if not mixed:
+        return "float32"
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+
+
+def choose_strategy(
+    requested: str,
+    params: TrainParams,
+    *,
+    parent: LoadedModel | None,
+    incompatible: str | None,
+    drift_share: float | None,
+    new_fraction: float | None,
+) -> tuple[str, str]:
+    """(scratch | fine_tune, why): the training strategy and one sentence on the choice."""
+    if requested not in STRATEGIES:
+        raise SettingsError(f"unknown strategy {requested!r}: choose {', '.join(STRATEGIES)}")
+    if requested == SCRATCH:
+        return SCRATCH, "from scratch as requested"
+    if parent is None:
+        return SCRATCH, "from scratch: no production model to start from"
+    if incompatible:
+        return SCRATCH, f"from scratch: the production model cannot be warm-started ({incompatible})"
+    if requested == FINE_TUNE:
+        return FINE_TUNE, f"fine-tuning production {parent.version} as requested"
+    if drift_share is not None and drift_share >= params.auto_drift_share:
+        return SCRATCH, f"from scratch: drift is broad ({drift_share:.0%} of features ≥ {params.auto_drift_share:.0%})"
+    if new_fraction is not None and new_fraction >= params.auto_new_data_fraction:
+        return SCRATCH, f"from scratch: {new_fraction:.0%} of the rows are new (≥ {params.auto_new_data_fraction:.0%})"
+    shown = "unknown" if drift_share is None else f"{drift_share:.0%}"
+    new = "unknown" if new_fraction is None else f"{new_fraction:.0%}"
+    return FINE_TUNE, f"fine-tuning production {parent.version}: drift share {shown}, new rows {new}"
+
+
+def new_rows_fraction(frame: pd.DataFrame, parent: LoadedModel | None) -> float | None:
+    """Share of rows newer than the production model's training data."""
+    through = parent.lineage.get("trained_through") if parent else None
+    if not through:
+        return None
+    times = pd.to_datetime(frame[CREATED_AT], utc=True)
+    return float((times > pd.Timestamp(through)).mean())
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -256,43 +290,75 @@ def train(
     model_name: str,
     parent_version: str | None = None,
     version: str | None = None,
+    parent_dir: Path | None = None,
+    drift_share: float | None = None,
+    test_path: Path | None = None,
 ) -> TrainResult:
-    """Trains on `train_path` and writes the export described in the module docstring into `out_dir`."""
+    """Trains on `train_path` and writes the export described in the module docstring into `out_dir`.
+
+    `parent_dir` is the production model's version directory (needed to fine-tune);
+    `drift_share` the share of drifted features (for `auto`); `test_path` the original
+    test set, stored with the model so later versions are held to it.
+    """
     train_path, out_dir = Path(train_path), Path(out_dir)
     frame = read_labelled(train_path)
-    classes = sorted(frame[LABEL].unique())
-    if len(classes) < 2:
-        raise DataError(
-            f"dataset {train_path} has one class only ({classes[0]!r} in {len(frame)} rows): "
-            "a classifier needs two or more"
-        )
-    family = IMAGE if PIXELS in frame.columns else TABULAR
-    features = numeric_features(frame) if family == TABULAR else []
+    family = families.resolve(params.family, frame)
+    parent = load_model(parent_dir) if parent_dir else None
+    parent_spec = parent.spec if parent else None
+    incompatible = None
+    if parent is not None:
+        if families.from_lineage(parent.lineage).name != family.name:
+            incompatible = f"it is a {parent.family}, not a {family.name}"
+        else:
+            incompatible = family.incompatible(parent_spec, frame)
+    strategy_name, why = choose_strategy(
+        params.strategy,
+        params,
+        parent=parent,
+        incompatible=incompatible,
+        drift_share=drift_share,
+        new_fraction=new_rows_fraction(frame, parent),
+    )
+    spec = parent_spec if strategy_name == FINE_TUNE else family.describe(frame)
     fit_rows, val_rows = split_recent(frame, params.validation_fraction)
-    x_fit, y_fit = model_inputs(fit_rows, family, features), encode_labels(fit_rows[LABEL], classes)
+    rng = np.random.default_rng(params.seed)
+    fit = family.examples(fit_rows, spec, rng)
+    weights = None
+    if params.half_life_days:
+        weights = decay_weights(fit_rows[CREATED_AT], params.half_life_days)[fit.rows]
     log.info(
-        "training %s %s on %d rows (%d for validation), classes %s",
+        "training %s %s on %d rows (%d for validation): %s",
         model_name,
-        family,
+        family.name,
         len(frame),
         0 if val_rows is None else len(val_rows),
-        classes,
+        why,
     )
 
     keras.utils.set_random_seed(params.seed)
     strategy, devices = pick_strategy()
     batch = params.batch_size * strategy.num_replicas_in_sync
-    with strategy.scope():
-        model = build_image_model(len(classes)) if family == IMAGE else build_tabular_model(len(classes), x_fit)
-        model.compile(
-            optimizer=keras.optimizers.Adam(params.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+    policy = precision_policy(params.mixed_precision)
+    previous_policy = keras.mixed_precision.global_policy().name
+    learning_rate = params.learning_rate
+    try:
+        keras.mixed_precision.set_global_policy(policy)
+        with strategy.scope():
+            if strategy_name == FINE_TUNE:
+                model = keras.models.load_model(Path(parent_dir) / MODEL_FILE)
+                learning_rate *= params.fine_tune_learning_rate_factor
+            else:
+                model = family.build(spec, fit.inputs)
+            optimizer = keras.optimizers.Adam(learning_rate)
+            if policy == "mixed_float16":
+                optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+            model.compile(optimizer=optimizer, loss=family.loss, metrics=list(family.metrics), jit_compile=params.xla)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
     validation = None
     if val_rows is not None:
-        x_val, y_val = model_inputs(val_rows, family, features), encode_labels(val_rows[LABEL], classes)
-        validation = _as_dataset(x_val, y_val, batch, seed=None)
+        val = family.examples(val_rows, spec, np.random.default_rng(params.seed + 1))
+        validation = as_dataset(val.inputs, val.targets, batch, seed=None)
     monitor = "val_loss" if validation is not None else "loss"
     early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, patience=params.patience, restore_best_weights=True)
     callbacks = [
@@ -300,63 +366,142 @@ def train(
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(1, params.patience // 2)),
         EpochLogger(params.epochs),
     ]
-    fit = model.fit(
-        _as_dataset(x_fit, y_fit, batch, seed=params.seed),
+    history = model.fit(
+        as_dataset(fit.inputs, fit.targets, batch, seed=params.seed, weights=weights),
         validation_data=validation,
         epochs=params.epochs,
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles; Keras' own flag only applies to arrays
         verbose=0,
     )
-    epochs_run = len(fit.history["loss"])
+    epochs_run = len(history.history["loss"])
     best = early_stopping.best_epoch if early_stopping.best_weights is not None else epochs_run - 1
-    history = {name: float(values[best]) for name, values in fit.history.items() if name != "learning_rate"}
+    kept = {name: float(values[best]) for name, values in history.history.items() if name != "learning_rate"}
 
     version = version or new_version()
+    reference_rows = val_rows if val_rows is not None else fit_rows.iloc[-_IMPORTANCE_ROWS:]
     lineage = {
         "model_name": model_name,
         "version": version,
-        "family": family,
-        "classes": classes,
-        "feature_columns": features,
-        "input_name": _INPUT_NAMES[family],
+        "family": family.name,
+        "task": family.task,
+        "spec": spec,
+        "classes": list(spec.get("classes") or []),
+        "feature_columns": list(spec.get("feature_columns") or []),
+        "inputs": [t.name for t in model.inputs],
+        "input_name": model.inputs[0].name,
+        "output_name": family.output_name,
         "trained_through": pd.to_datetime(frame[CREATED_AT], utc=True).max().isoformat(),
         "rows": len(frame),
         "data_hash": data_hash(train_path),
         "params": asdict(params),
+        "strategy": strategy_name,
+        "strategy_reason": why,
+        "learning_rate": learning_rate,
+        "precision_policy": policy,
+        "global_batch_size": batch,
+        "replicas": strategy.num_replicas_in_sync,
         **code_lineage(),
         "tf_version": tf.__version__,
         "devices": devices,
         "created_at": datetime.now(UTC).isoformat(),
-        "parent_version": parent_version,
+        "parent_version": parent_version or (parent.version if parent else None),
+        "feature_importance": permutation_importance(model, family, spec, reference_rows, params.seed),
     }
-    export(model, out_dir, lineage, train_path)
-    kept = " ".join(f"{name}={value:.4g}" for name, value in sorted(history.items()))
-    log.info("exported %s %s to %s (kept epoch %d of %d: %s)", model_name, version, out_dir, best + 1, epochs_run, kept)
-    return TrainResult(version, out_dir, history, epochs_run, best + 1, lineage)
+    export(model, out_dir, lineage, train_path, test_path)
+    write_parquet(reference_predictions(model, family, spec, reference_rows), out_dir / REFERENCE_PREDICTIONS_FILE)
+    shown = " ".join(f"{name}={value:.4g}" for name, value in sorted(kept.items()))
+    log.info("exported %s %s to %s (kept epoch %d of %d: %s)", model_name, version, out_dir, best + 1, epochs_run, shown)
+    return TrainResult(version, out_dir, kept, epochs_run, best + 1, lineage)
 
 
-def export(model: keras.Model, out_dir: Path, lineage: dict[str, Any], train_path: Path) -> None:
+def reference_predictions(
+    model: keras.Model, family: families.Family, spec: dict[str, Any], rows: pd.DataFrame
+) -> pd.DataFrame:
+    """id, label, predicted_label, confidence: the model's answers on rows it did not fit."""
+    out = family.predict(model, rows, spec, batch=_PREDICT_BATCH)
+    if family.task == CLASSIFICATION:
+        predicted = np.asarray(spec["classes"], dtype=object)[out.argmax(axis=1)]
+        confidence = out.max(axis=1)
+    elif family.task == RANKING:
+        predicted, confidence = np.where(out >= 0.5, "1", "0"), out
+    else:  # a value has no confidence
+        predicted, confidence = np.array([f"{v:.6g}" for v in out], dtype=object), np.full(len(out), np.nan)
+    return pd.DataFrame(
+        {
+            ID: rows[ID].astype(str).to_numpy() if ID in rows.columns else np.arange(len(rows)).astype(str),
+            LABEL: rows[LABEL].astype(str).to_numpy(),
+            "predicted_label": predicted.astype(str),
+            "confidence": confidence.astype(np.float64),
+        }
+    )
+
+
+def permutation_importance(
+    model: keras.Model, family: families.Family, spec: dict[str, Any], rows: pd.DataFrame, seed: int
+) -> dict[str, float] | None:
+    """Tabular families: the score lost when one feature column is shuffled (mean of a few shuffles).
+
+    Accuracy points for classifiers, mean squared error gained for regressors; None for
+    families without feature columns of their own (images, interactions).
+    """
+    if family.task not in (CLASSIFICATION, REGRESSION) or not spec.get("feature_columns") or "features" not in [
+        t.name for t in model.inputs
+    ]:
+        return None
+    rows = rows.iloc[-_IMPORTANCE_ROWS:]
+    x = family.inputs(rows, spec)["features"]
+    y = family.targets(rows, spec)
+
+    def quality(values: np.ndarray) -> float:
+        out = np.asarray(model.predict(values, batch_size=_PREDICT_BATCH, verbose=0))
+        if family.task == CLASSIFICATION:
+            return float((out.argmax(axis=1) == y).mean())
+        return -float(np.mean((out.reshape(-1) - y) ** 2))
+
+    rng = np.random.default_rng(seed)
+    baseline = quality(x)
+    importance = {}
+    for j, name in enumerate(spec["feature_columns"]):
+        drops = []
+        for _ in range(_IMPORTANCE_REPEATS):
+            shuffled = x.copy()
+            shuffled[:, j] = rng.permutation(shuffled[:, j])
+            drops.append(baseline - quality(shuffled))
+        importance[name] = float(np.mean(drops))
+    return importance
+
+
+def export(
+    model: keras.Model, out_dir: Path, lineage: dict[str, Any], train_path: Path, test_path: Path | None = None
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / MODEL_FILE)
-    export_saved_model(model, out_dir / SAVED_MODEL_DIR / SERVING_VERSION, lineage["input_name"])
+    export_saved_model(model, out_dir / SAVED_MODEL_DIR / SERVING_VERSION, lineage.get("output_name", "probabilities"))
     (out_dir / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
     shutil.copyfile(train_path, out_dir / TRAINING_DATA_FILE)
+    if test_path is not None:
+        shutil.copyfile(test_path, out_dir / TEST_DATA_FILE)
 
 
-def export_saved_model(model: keras.Model, path: Path, input_name: str) -> None:
-    """A SavedModel whose `serving_default` takes `{input_name: float32}` and returns `{probabilities}`."""
+def export_saved_model(model: keras.Model, path: Path, output_name: str = "probabilities") -> None:
+    """A SavedModel whose `serving_default` takes the model's named inputs and returns `{output_name}`."""
     if path.exists():
         shutil.rmtree(path)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    # The TensorSpec name, not the Python argument name, becomes the signature's input key.
-    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name=input_name)
-    archive.add_endpoint(
-        name="serving_default",
-        fn=lambda inputs: {OUTPUT_NAME: model(inputs, training=False)},
-        input_signature=[spec],
-    )
+    names = [t.name for t in model.inputs]
+    # The TensorSpec names, not the Python argument names, become the signature's input keys.
+    specs = [
+        tf.TensorSpec([None, *t.shape[1:]], tf.string if t.dtype == "string" else tf.float32, name=t.name)
+        for t in model.inputs
+    ]
+
+    def serve(*args: tf.Tensor) -> dict[str, tf.Tensor]:
+        inputs = args[0] if len(args) == 1 else dict(zip(names, args, strict=True))
+        return {output_name: tf.cast(model(inputs, training=False), tf.float32)}
+
+    archive.add_endpoint(name="serving_default", fn=serve, input_signature=specs)
     archive.write_out(str(path), verbose=False)
 
 
@@ -372,8 +517,14 @@ def load_model(model_dir: Path) -> LoadedModel:
     return LoadedModel(keras.models.load_model(model_file), json.loads(lineage_file.read_text()))
 
 
+def predict(model: LoadedModel, table: pd.DataFrame | pa.Table) -> np.ndarray:
+    """The model's output per row: probabilities [N, classes], or one value / score per row [N]."""
+    frame = table.to_pandas() if isinstance(table, pa.Table) else table
+    return model.family_impl.predict(model.keras_model, frame, model.spec, batch=_PREDICT_BATCH)
+
+
 def predict_proba(model: LoadedModel, table: pd.DataFrame | pa.Table) -> np.ndarray:
     """Class probabilities [N, len(model.classes)], columns in `model.classes` order."""
-    frame = table.to_pandas() if isinstance(table, pa.Table) else table
-    x = model_inputs(frame, model.family, list(model.lineage.get("feature_columns") or []))
-    return np.asarray(model.keras_model.predict(x, batch_size=_PREDICT_BATCH, verbose=0))
+    if model.task != CLASSIFICATION:
+        raise DataError(f"{model.family} predicts a {model.task} output, not class probabilities")
+    return predict(model, table)
