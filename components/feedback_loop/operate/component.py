@@ -1,9 +1,9 @@
-"""KFP wrapper of the outcome notification: the pipeline's exit handler."""
+"""KFP wrappers of the operating steps: `notify_outcome` (the exit handler) and `clean_model_store`."""
 
 from kfp import dsl
 from kfp.dsl import Markdown, Output
 
-from feedback_loop.images import DATA_IMAGE
+from feedback_loop.images import DATA_IMAGE, DEPLOY_IMAGE
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
@@ -43,3 +43,40 @@ def notify_outcome(
         handle.write(notify.to_markdown(outcome))
     message.metadata["sent"] = sent
     return sent
+
+
+@dsl.component(base_image=DEPLOY_IMAGE, install_kfp_package=False)
+def clean_model_store(
+    record: Output[Markdown],
+    model_name: str,
+    model_store_uri: str,
+    deploy_target: str = "local",
+    namespace: str = "default",
+    keep_versions: int = 5,
+) -> int:
+    """Deletes old model versions, keeping the newest `keep_versions` and every version the rollout needs.
+
+    The stable version, the canary and the previous production version are never
+    deleted, however old: the rollout state is read again right before each deletion.
+
+    Args:
+        model_name: Name of the served model (and of its InferenceService).
+        model_store_uri: Model store root (file:// or gs://).
+        deploy_target: "local" (state in the model store) or "kserve" (an InferenceService).
+        namespace: Kubernetes namespace of the InferenceService.
+        keep_versions: How many of the newest versions stay.
+
+    Returns:
+        record: Each version and what became of it (protected and why, kept, deleted, incomplete).
+        Output: How many versions were deleted.
+    """
+    from feedback_loop import logs
+    from feedback_loop.deploy import core
+    from feedback_loop.operate import cleanup
+
+    logs.setup()
+    target = core.make_target(deploy_target, model_store_uri, model_name, namespace)
+    result = cleanup.cleanup(model_store_uri, model_name, target, keep_versions)
+    with open(record.path, "w") as handle:
+        handle.write(result.to_markdown(model_name, done=True))
+    return len(result.delete)

@@ -1,0 +1,155 @@
+"""Keep the model store tidy: the newest N versions stay, and so does every version the
+rollout needs, however old.
+
+Protected, whatever `keep_versions` says:
+
+- the stable version (it serves; during a canary it is also the rollback target);
+- the canary (it serves its share of traffic);
+- the previous production version (the one a promotion or a first deployment replaced
+  last), so an operator can go back one step after a promotion.
+
+The rollout state is read from the serving target (`rollout.json` locally, the
+InferenceService annotation on KServe) right before each deletion, so a rollout started
+meanwhile is honoured. Versions without their completion marker (an upload in progress
+or interrupted) are left alone. Purging old feedback is `feedback-loop purge`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+from feedback_loop import storage
+from feedback_loop.deploy import core as deploy
+from feedback_loop.errors import FeedbackLoopError
+
+log = logging.getLogger(__name__)
+
+PRODUCTION_ACTIONS = (deploy.DEPLOYED, deploy.PROMOTED)
+
+
+class ProtectedVersion(FeedbackLoopError):
+    """A version the rollout needs was asked to be deleted."""
+
+
+@dataclass(frozen=True)
+class CleanupPlan:
+    """Which versions stay and which go.
+
+    Attributes:
+        keep: Versions kept because they are among the newest `keep_versions`.
+        protected: Versions kept because the rollout needs them, with why.
+        delete: Versions to delete (or deleted), oldest first.
+        incomplete: Directories without a completion marker, left alone.
+    """
+
+    keep: list[str] = field(default_factory=list)
+    protected: dict[str, str] = field(default_factory=dict)
+    delete: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+
+    def to_markdown(self, model_name: str, done: bool) -> str:
+        rows = [
+            *(f"| `{v}` | protected: {why} |" for v, why in self.protected.items()),
+            *(f"| `{v}` | kept: among the newest |" for v in self.keep),
+            *(f"| `{v}` | {'deleted' if done else 'to delete'} |" for v in self.delete),
+            *(f"| `{v}` | left alone: incomplete upload |" for v in self.incomplete),
+        ]
+        return "\n".join([f"# Model store clean-up of `{model_name}`", "", "| version | outcome |", "|---|---|", *rows, ""])
+
+
+def protected_versions(state: deploy.RolloutState | None) -> dict[str, str]:
+    """The versions the rollout needs, with the reason for each."""
+    if state is None:
+        return {}
+    found: dict[str, str] = {}
+    if state.stable is not None:
+        found[state.stable.version] = "serves (stable)" + (", the rollback target of the canary" if state.canary else "")
+    if state.canary is not None:
+        found[state.canary.version] = f"serves (canary at {deploy.traffic(state)} %)"
+    current = state.stable.version if state.stable else None
+    earlier = [h["version"] for h in state.history if h.get("action") in PRODUCTION_ACTIONS and h.get("version") != current]
+    if earlier and earlier[-1] not in found:
+        found[earlier[-1]] = "previous production version (to go back one step)"
+    return found
+
+
+def plan(versions: list[str], created: dict[str, str], state: deploy.RolloutState | None, keep_versions: int,
+         incomplete: list[str] | None = None) -> CleanupPlan:
+    """Splits complete `versions` into kept, protected and deleted; pure.
+
+    `created` maps a version to its creation time (ISO 8601); a version without one sorts
+    by its name, which is its UTC training time (vYYYYMMDD-HHMMSS).
+    """
+    if keep_versions < 1:
+        raise FeedbackLoopError(f"keep_versions={keep_versions}: at least 1 version must stay")
+    protected = {v: why for v, why in protected_versions(state).items() if v in versions}
+    newest_first = sorted(versions, key=lambda v: (created.get(v, ""), v), reverse=True)
+    newest = [v for v in newest_first[:keep_versions] if v not in protected]
+    delete = [v for v in reversed(newest_first[keep_versions:]) if v not in protected]
+    return CleanupPlan(keep=newest, protected=protected, delete=delete, incomplete=sorted(incomplete or []))
+
+
+def survey(store_uri: str, model_name: str) -> tuple[list[str], dict[str, str], list[str]]:
+    """The model's complete versions, their creation times (from lineage.json), the incomplete ones."""
+    model_uri = storage.join(storage.normalize(store_uri), model_name)
+    complete, created, incomplete = [], {}, []
+    for version in storage.list_dirs(model_uri):
+        uri = storage.join(model_uri, version)
+        if not storage.is_complete(uri):
+            incomplete.append(version)
+            continue
+        complete.append(version)
+        lineage = storage.join(uri, deploy.LINEAGE_FILE)
+        if storage.exists(lineage):
+            created[version] = str(json.loads(storage.read_bytes(lineage)).get("created_at") or "")
+    return complete, created, incomplete
+
+
+def delete_version(store_uri: str, model_name: str, version: str, target: deploy.Target) -> None:
+    """Deletes one version directory, after checking the live rollout state does not need it."""
+    needed = protected_versions(target.read())
+    if version in needed:
+        raise ProtectedVersion(f"{model_name} {version} is not deleted: it {needed[version]}; roll out another version first")
+    uri = deploy.version_dir_uri(store_uri, model_name, version)
+    _delete_dir(uri)
+    log.info("deleted %s %s (%s)", model_name, version, uri)
+
+
+def _delete_dir(uri: str) -> None:
+    if uri.startswith("gs://"):
+        from urllib.parse import urlparse
+
+        parsed = urlparse(uri)
+        bucket = storage._gcs_client().bucket(parsed.netloc)  # noqa: SLF001 (the store's one client, emulator-aware)
+        prefix = parsed.path.strip("/") + "/"
+        # The marker first: from then on no reader trusts the half-deleted version.
+        marker = bucket.blob(prefix + storage.COMPLETE_MARKER)
+        if marker.exists():
+            marker.delete()
+        for blob in bucket.list_blobs(prefix=prefix):
+            blob.delete()
+        return
+    path = storage.local_path(uri)
+    (path / storage.COMPLETE_MARKER).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=False)
+
+
+def cleanup(store_uri: str, model_name: str, target: deploy.Target, keep_versions: int, dry_run: bool = False) -> CleanupPlan:
+    """Deletes the versions beyond the newest `keep_versions` that the rollout does not need."""
+    versions, created, incomplete = survey(store_uri, model_name)
+    result = plan(versions, created, target.read(), keep_versions, incomplete)
+    for version in result.delete if not dry_run else []:
+        delete_version(store_uri, model_name, version, target)
+    if incomplete:
+        log.info("left alone (no completion marker): %s", ", ".join(incomplete))
+    return result
+
+
+def summary(result: CleanupPlan, dry_run: bool) -> dict[str, Any]:
+    return {"dry_run": dry_run, "deleted" if not dry_run else "would_delete": result.delete, "kept": result.keep,
+            "protected": result.protected, "incomplete": result.incomplete}
+
