@@ -247,5 +247,21 @@ def rollback(ctx: click.Context, reason: str, deploy_target: str | None) -> None
     click.echo(f"{settings.model_name} on {target}: {transition.action}: {transition.reason}")
 
 
+@main.command()
+@click.option("--keep-versions", type=int, default=None, help="How many of the newest versions stay (setting keep_versions).")
+@click.option("--deploy-target", type=click.Choice(["local", "kserve"]), default=None, help="Where the rollout state is read.")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
+@click.pass_context
+def cleanup(ctx: click.Context, keep_versions: int | None, deploy_target: str | None, dry_run: bool) -> None:
+    """Delete old model versions; never one that serves, is the rollback target or the previous production."""
+    from feedback_loop.deploy import core
+    from feedback_loop.operate import cleanup as tidy
+
+    settings = _settings(ctx, keep_versions=keep_versions, deploy_target=deploy_target)
+    target = core.make_target(settings.deploy_target, settings.model_store_uri, settings.model_name, settings.namespace)
+    result = tidy.cleanup(settings.model_store_uri, settings.model_name, target, settings.keep_versions, dry_run=dry_run)
+    click.echo(json.dumps(tidy.summary(result, dry_run), indent=2))
+
+
 if __name__ == "__main__":
     main()
