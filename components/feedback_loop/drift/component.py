@@ -1,7 +1,7 @@
 """KFP wrapper of the drift test."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from feedback_loop.images import DATA_IMAGE
 
@@ -13,13 +13,22 @@ def detect_drift(
     report: Output[HTML],
     summary: Output[Markdown],
     metrics: Output[Metrics],
+    verdict_json: Output[Artifact],
     p_value: float = 0.05,
     min_rows: int = 30,
+    correction: str = "bonferroni",
+    engine: str = "alibi",
+    share_threshold: float = 0.0,
+    max_rows: int = 1_000_000,
+    seed: int = 42,
+    feature_types: dict = {},  # noqa: B006 (KFP reads the default; the body never mutates it)
 ) -> bool:
     """Tests each input feature of `current` against the production model's training data.
 
     Numeric features get the Kolmogorov-Smirnov test, categorical ones the chi-squared
-    test (alibi-detect), Bonferroni-corrected across features. Not tested (no drift) when
+    test, corrected across features. Also reports data quality against the reference and
+    prediction and residual drift against the production model's validation predictions
+    (`reference_predictions.parquet` beside its training data). Not tested (no drift) when
     there is no production model yet (`reference_uri` is "") or `current` has fewer than
     `min_rows` rows.
 
@@ -28,21 +37,32 @@ def detect_drift(
         reference_uri: Model-store URI (file:// or gs://) of the production model's
             training data, or "" when no model is in production.
         p_value: Significance level before the correction for the number of features.
-        min_rows: Fewest current rows worth testing.
+        min_rows: Fewest current rows (and labelled rows, for residual drift) worth testing.
+        correction: "bonferroni" or "fdr" (Benjamini-Hochberg).
+        engine: "alibi" (alibi-detect) or "scipy"; the same tests and p-values.
+        share_threshold: Dataset drift when the share of drifted features is above this; 0: any.
+        max_rows: Most rows tested per side; above it a seeded uniform sample (recorded in the report).
+        seed: Seed of that sample.
+        feature_types: Declared feature types, name -> "numeric", "categorical" or "ignore".
 
     Returns:
-        report: Verdict, per-feature statistics and reference-vs-current histograms.
-        summary: Verdict and the most significant drifted features.
-        metrics: Share and count of drifted features, p-value and statistic per feature.
-        Whether any feature drifted.
+        report: Verdict, per-feature statistics and reference-vs-current charts, data quality, prediction drift.
+        summary: Verdict, the most significant drifted features, prediction drift and quality issues.
+        metrics: Share and count of drifted features, p-value and statistic per feature, quality and prediction figures.
+        verdict_json: The whole result as JSON, for machines.
+        Whether the input data drifted (the dataset-level verdict).
     """
     from feedback_loop import logs
     from feedback_loop.drift import core
 
     logs.setup()
-    result = core.run(current.path, reference_uri, p_value=p_value, min_rows=min_rows)
+    result = core.run(
+        current.path, reference_uri, p_value=p_value, min_rows=min_rows, correction=correction, engine=engine,
+        share_threshold=share_threshold, max_rows=max_rows, seed=seed, feature_types=feature_types,
+    )
     core.write_html(result, report.path)
     core.write_markdown(result, summary.path)
+    core.write_json(result, verdict_json.path)
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
     return result.is_drift
