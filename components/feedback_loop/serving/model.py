@@ -1,0 +1,185 @@
+"""A KServe predictor for a version directory written by `train_model`.
+
+    <version>/saved_model/<n>/   SavedModel; signature `serving_default`: {input_name: float32} -> {probabilities}
+    <version>/lineage.json       version, classes, input_name
+
+One `SavedModelPredictor` serves both protocols of KServe's `ModelServer`:
+
+- v1 (`POST /v1/models/<name>:predict`, body `{"instances": [...]}`) answers
+  `{"predictions": [{"label", "probabilities"}...], "model_version": ...}`;
+- v2 (`POST /v2/models/<name>/infer`) answers the tensors `probabilities` (FP32 [N, classes])
+  and `label` (BYTES [N]) with the response's `model_version` set.
+
+Every answer names the version that produced it (also as the `x-model-version` header), so
+the calling application can store it with the prediction and the rollout analysis can
+compare the feedback of two versions. The signature is called directly, in the request's
+thread: for small models that is cheaper than a hop to a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feedback_loop.errors import ModelNotFound
+
+log = logging.getLogger(__name__)
+
+LINEAGE_FILE = "lineage.json"
+SAVED_MODEL_DIR = "saved_model"
+SIGNATURE = "serving_default"
+OUTPUT = "probabilities"
+VERSION_HEADER = "x-model-version"
+
+try:  # the serve and deploy images carry kserve; the class below needs it
+    import kserve
+    from kserve.errors import InferenceError, InvalidInput
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+    from prometheus_client import Counter, Histogram
+except ImportError:  # pragma: no cover - the data and train images
+    kserve = None
+
+if kserve is not None:
+    # Per version, so that Prometheus can compare a canary with the stable model.
+    REQUESTS = Counter(
+        "feedback_loop_requests", "Inference requests by outcome (HTTP status class)",
+        ["model_name", "model_version", "code"],
+    )
+    LATENCY = Histogram(
+        "feedback_loop_request_seconds", "Inference latency inside the model server",
+        ["model_name", "model_version"],
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    )
+    ROWS = Counter("feedback_loop_predicted_rows", "Rows predicted", ["model_name", "model_version"])
+
+
+def read_lineage(model_dir: Path) -> dict[str, Any]:
+    path = Path(model_dir) / LINEAGE_FILE
+    if not path.is_file():
+        raise ModelNotFound(f"{path} not found: serve a version directory written by train_model")
+    lineage = json.loads(path.read_text())
+    missing = [key for key in ("version", "classes", "input_name") if not lineage.get(key)]
+    if missing:
+        raise ModelNotFound(f"{path} lacks {', '.join(missing)}: serve a version directory written by train_model")
+    return lineage
+
+
+def saved_model_path(model_dir: Path) -> Path:
+    """The highest numbered SavedModel under `<model_dir>/saved_model/` (TF Serving's rule)."""
+    root = Path(model_dir) / SAVED_MODEL_DIR
+    numbered = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)) if root.is_dir() else []
+    if not numbered:
+        raise ModelNotFound(f"{root} holds no numbered SavedModel (e.g. {SAVED_MODEL_DIR}/1/)")
+    return numbered[-1]
+
+
+class SignatureRunner:
+    """The `serving_default` signature of a SavedModel, called in process (what the server wraps)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import tensorflow as tf
+
+        self.lineage = read_lineage(model_dir)
+        self.version = str(self.lineage["version"])
+        self.classes = [str(c) for c in self.lineage["classes"]]
+        self.input_name = str(self.lineage["input_name"])
+        loaded = tf.saved_model.load(str(saved_model_path(model_dir)))
+        self._loaded = loaded  # keeps the variables alive
+        self._fn = loaded.signatures[SIGNATURE]
+        spec = self._fn.structured_input_signature[1][self.input_name]
+        self.row_shape = [int(d) for d in spec.shape[1:]]
+        self._constant = tf.constant
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self._fn(**{self.input_name: self._constant(x)})[OUTPUT].numpy()
+
+    def as_batch(self, data: Any) -> np.ndarray:
+        """Rows as the signature wants them: float32, reshaped when each row is flattened."""
+        x = np.asarray(data, dtype=np.float32)
+        width = int(np.prod(self.row_shape)) if self.row_shape else 1
+        if x.size == 0 or x.size % width:
+            raise ValueError(f"expected rows of shape {self.row_shape} ({width} values each), got an array of shape {list(x.shape)}")
+        return x.reshape([-1, *self.row_shape])
+
+
+if kserve is not None:
+
+    class SavedModelPredictor(kserve.Model):
+        """Serves one exported version under `name` (the InferenceService's model name)."""
+
+        def __init__(self, name: str, model_dir: Path | str) -> None:
+            super().__init__(name, return_response_headers=True)
+            self.model_dir = Path(model_dir)
+            self.runner: SignatureRunner | None = None
+            self.version = ""
+
+        def load(self) -> bool:
+            self.runner = SignatureRunner(self.model_dir)
+            self.version = self.runner.version
+            self.runner(np.zeros([1, *self.runner.row_shape], np.float32))  # trace once before traffic
+            self.ready = True
+            log.info("loaded %s version %s from %s", self.name, self.version, self.model_dir)
+            return self.ready
+
+        async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
+            started, code = time.perf_counter(), "5xx"
+            try:
+                result = await (super().__call__(body, headers) if verb is None else super().__call__(body, headers, verb))
+                code = "2xx"
+                return result
+            except InvalidInput:
+                code = "4xx"
+                raise
+            finally:
+                REQUESTS.labels(self.name, self.version, code).inc()
+                LATENCY.labels(self.name, self.version).observe(time.perf_counter() - started)
+
+        def predict(self, payload: Any, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None) -> Any:
+            assert self.runner is not None, "load() first"
+            v2 = isinstance(payload, InferRequest)
+            try:
+                x = self.runner.as_batch(self._v2_input(payload) if v2 else self._v1_instances(payload))
+            except ValueError as err:
+                raise InvalidInput(str(err)) from None
+            try:
+                probabilities = self.runner(x)
+            except Exception as err:  # a model that cannot answer this input: a server error, counted as such
+                raise InferenceError(f"model {self.name} version {self.version} failed: {type(err).__name__}") from None
+            ROWS.labels(self.name, self.version).inc(len(x))
+            labels = [self.runner.classes[i] for i in probabilities.argmax(axis=1)]
+            if response_headers is not None:
+                response_headers[VERSION_HEADER] = self.version
+            if v2:
+                outputs = [
+                    InferOutput(OUTPUT, list(probabilities.shape), "FP32", probabilities.astype(np.float32)),
+                    InferOutput("label", [len(labels)], "BYTES", labels),
+                ]
+                return InferResponse(payload.id or str(uuid.uuid4()), self.name, outputs, model_version=self.version)
+            rows = [
+                {"label": label, "probabilities": dict(zip(self.runner.classes, map(float, row)))}
+                for label, row in zip(labels, probabilities)
+            ]
+            return {"predictions": rows, "model_version": self.version}
+
+        def _v1_instances(self, payload: Any) -> Any:
+            if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+                raise ValueError('expected a JSON body {"instances": [...]}')
+            instances = payload["instances"]
+            if instances and isinstance(instances[0], dict):  # [{"pixels": [...]}, ...]
+                try:
+                    return [row[self.runner.input_name] for row in instances]
+                except KeyError:
+                    raise ValueError(f"each instance needs the key {self.runner.input_name!r}") from None
+            return instances
+
+        def _v2_input(self, payload: InferRequest) -> np.ndarray:
+            tensor = payload.get_input_by_name(self.runner.input_name) or (payload.inputs[0] if len(payload.inputs) == 1 else None)
+            if tensor is None:
+                raise ValueError(f"expected an input tensor named {self.runner.input_name!r}")
+            return tensor.as_numpy()

@@ -1,0 +1,96 @@
+"""Small exported model versions and a model-server process, for the serving and rollout tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FEATURES = 4
+CLASSES = ["cat", "dog"]
+
+
+def make_version(root: Path, version: str, *, fail_above: float | None = None, seed: int = 0, trained_through: str = "2025-02-28T00:00:00+00:00") -> Path:
+    """A version directory as train_model writes it, holding a tiny linear softmax model.
+
+    With `fail_above`, the model refuses rows whose largest value exceeds it (a faulty canary:
+    TensorFlow raises, the server answers 500).
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    weights = tf.constant(rng.normal(size=(FEATURES, len(CLASSES))).astype(np.float32))
+
+    class Linear(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, FEATURES], tf.float32, name="features")])
+        def serve(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
+            if fail_above is not None:
+                tf.debugging.assert_less_equal(tf.reduce_max(features), tf.constant(fail_above, tf.float32))
+            return {"probabilities": tf.nn.softmax(tf.matmul(features, weights))}
+
+    model_dir = root / version
+    module = Linear()
+    tf.saved_model.save(module, str(model_dir / "saved_model" / "1"), signatures={"serving_default": module.serve})
+    lineage = {
+        "version": version, "classes": CLASSES, "input_name": "features", "family": "tabular",
+        "trained_through": trained_through, "feature_columns": [f"f{i}" for i in range(FEATURES)],
+    }
+    (model_dir / "lineage.json").write_text(json.dumps(lineage))
+    (model_dir / "training_data.parquet").write_bytes(b"PAR1")
+    return model_dir
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ModelServerProcess:
+    """`feedback-loop serve` in a subprocess on 127.0.0.1; stopped with SIGTERM."""
+
+    def __init__(self, model_dir: Path, name: str = "cats-vs-dogs", port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.name = name
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+        cli = [sys.executable, "-m", "feedback_loop.cli", "serve", str(model_dir), "--name", name, "--host", "127.0.0.1", "--port", str(self.port)]
+        self.process = subprocess.Popen(cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait_ready(self, timeout: float = 90.0) -> ModelServerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"model server exited ({self.process.returncode}):\n{self.process.stdout.read()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/models/{self.name}/ready", timeout=1) as answer:
+                    if answer.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"model server on {self.url} not ready after {timeout} s")
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.stdout.read() if self.process.stdout else ""
+
+    def __enter__(self) -> ModelServerProcess:
+        return self.wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,170 @@
+"""The predictor: in process (load/predict), then behind KServe's real ModelServer over HTTP,
+called with plain JSON (v1 and v2) and with tritonclient[http] (v2, JSON and binary tensors)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving_helpers import CLASSES, FEATURES, ModelServerProcess, make_version
+
+from feedback_loop.serving.model import SavedModelPredictor, SignatureRunner
+
+# TensorFlow's import and a model-server start take tens of seconds on a small machine.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("versions")
+    make_version(root, "v1", seed=1)
+    make_version(root, "v2-faulty", seed=2, fail_above=5.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(versions: Path) -> Iterator[ModelServerProcess]:
+    with ModelServerProcess(versions / "v1") as running:
+        yield running
+
+
+def post(url: str, body: Any) -> tuple[int, dict[str, str], Any]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, dict(answer.headers), json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read())
+
+
+def rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 1, size=(n, FEATURES)).astype(np.float32)
+
+
+# --- in process ----------------------------------------------------------------------------
+
+
+def test_predictor_answers_v1_with_its_version(versions: Path) -> None:
+    predictor = SavedModelPredictor("m", versions / "v1")
+    assert predictor.load() and predictor.ready and predictor.version == "v1"
+    x = rows(3)
+    answer = predictor.predict({"instances": x.tolist()})
+    expected = SignatureRunner(versions / "v1")(x)
+    assert answer["model_version"] == "v1" and len(answer["predictions"]) == 3
+    for row, probabilities in zip(answer["predictions"], expected):
+        assert row["label"] == CLASSES[int(probabilities.argmax())]
+        assert [row["probabilities"][c] for c in CLASSES] == pytest.approx(probabilities.tolist(), rel=1e-6)
+
+
+def test_faulty_model_is_a_server_error_not_a_crash(versions: Path) -> None:
+    from kserve.errors import InferenceError, InvalidInput
+
+    predictor = SavedModelPredictor("m", versions / "v2-faulty")
+    predictor.load()
+    assert predictor.predict({"instances": [[1, 1, 1, 1]]})["model_version"] == "v2-faulty"
+    with pytest.raises(InferenceError, match="version v2-faulty failed"):
+        predictor.predict({"instances": [[9, 1, 1, 1]]})
+    with pytest.raises(InvalidInput, match="shape"):
+        predictor.predict({"instances": [[1, 2, 3]]})
+    with pytest.raises(InvalidInput, match="instances"):
+        predictor.predict({"rows": []})
+
+
+def test_a_directory_without_lineage_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "saved_model" / "1").mkdir(parents=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "feedback_loop.cli", "serve", str(tmp_path), "--port", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'lineage.json'} not found: serve a version directory written by train_model"
+
+
+# --- behind KServe's ModelServer ---------------------------------------------------------------------
+
+
+def test_server_binds_loopback_and_reports_ready(server: ModelServerProcess) -> None:
+    with urllib.request.urlopen(f"{server.url}/v2/health/ready", timeout=5) as answer:
+        assert answer.status == 200
+    with urllib.request.urlopen(f"{server.url}/v1/models/{server.name}", timeout=5) as answer:
+        assert json.loads(answer.read()) == {"name": server.name, "ready": True}
+    listening = subprocess.run(["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True)
+    if listening.returncode == 0 and listening.stdout.strip():
+        assert [line.split()[3] for line in listening.stdout.splitlines()] == [f"127.0.0.1:{server.port}"]
+
+
+def test_v1_batch_over_http(server: ModelServerProcess, versions: Path) -> None:
+    x = rows(32, seed=3)
+    status, headers, body = post(f"{server.url}/v1/models/{server.name}:predict", {"instances": x.tolist()})
+    assert status == 200, body
+    assert body["model_version"] == "v1" and headers["x-model-version"] == "v1"
+    expected = SignatureRunner(versions / "v1")(x)
+    got = np.array([[p["probabilities"][c] for c in CLASSES] for p in body["predictions"]])
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    status, _, body = post(f"{server.url}/v1/models/{server.name}:predict", {"instances": [[1, 2, 3]]})
+    assert status == 400 and "shape [4]" in body["error"]
+
+
+def test_v2_over_http_names_the_version(server: ModelServerProcess) -> None:
+    x = rows(2, seed=4)
+    request = {"id": "r-1", "inputs": [{"name": "features", "shape": [2, FEATURES], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    status, _, body = post(f"{server.url}/v2/models/{server.name}/infer", request)
+    assert status == 200, body
+    assert (body["model_name"], body["model_version"], body["id"]) == (server.name, "v1", "r-1")
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["probabilities"]["shape"] == [2, len(CLASSES)] and outputs["label"]["shape"] == [2]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_v2(server: ModelServerProcess, versions: Path, binary: bool) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    try:
+        assert client.is_server_ready() and client.is_model_ready(server.name)
+        x = rows(32, seed=5)
+        tensor = triton.InferInput("features", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        outputs = [triton.InferRequestedOutput("probabilities", binary_data=binary), triton.InferRequestedOutput("label", binary_data=False)]
+        # Without binary tensors tritonclient sends no Content-Type, and KServe reads such a body as binary.
+        headers = None if binary else {"Content-Type": "application/json"}
+        result = client.infer(server.name, [tensor], outputs=outputs, headers=headers)
+        response = result.get_response()
+        assert response["model_version"] == "v1"
+        np.testing.assert_allclose(result.as_numpy("probabilities"), SignatureRunner(versions / "v1")(x), rtol=1e-5)
+        labels = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label").tolist()]
+        assert set(labels) <= set(CLASSES) and len(labels) == 32
+    finally:
+        client.close()
+
+
+def test_metrics_count_requests_per_version(server: ModelServerProcess) -> None:
+    def count(code: str) -> float:
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        prefix = f'feedback_loop_requests_total{{code="{code}",model_name="{server.name}",model_version="v1"}} '
+        return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+    ok, bad = count("2xx"), count("4xx")
+    for _ in range(3):
+        post(f"{server.url}/v1/models/{server.name}:predict", {"instances": rows(1).tolist()})
+    post(f"{server.url}/v1/models/{server.name}:predict", {"instances": [[1]]})
+    assert (count("2xx") - ok, count("4xx") - bad) == (3, 1)
+
+
+def test_server_stops_on_sigterm(versions: Path) -> None:
+    process = ModelServerProcess(versions / "v1").wait_ready()
+    process.process.terminate()
+    assert process.process.wait(timeout=30) is not None
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{process.url}/v2/health/ready", timeout=2)
