@@ -64,6 +64,8 @@ cmd_test() {
 cmd_compile() {
   setup
   "$VENV/bin/feedback-loop" compile "$@"
+  # Without options: also refresh the committed per-component YAML and the README's component table.
+  if [ $# -eq 0 ]; then "$VENV/bin/feedback-loop" compile-components; fi
 }
 
 cmd_images() {
