@@ -263,5 +263,19 @@ def cleanup(ctx: click.Context, keep_versions: int | None, deploy_target: str | 
     click.echo(json.dumps(tidy.summary(result, dry_run), indent=2))
 
 
+@main.command("compile-components")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Default: components/yaml/ of this checkout.")
+@click.option("--registry", default=None, help="Container registry of the component images (default ghcr.io/feedback-loop).")
+def compile_components(output_dir: Path | None, registry: str | None) -> None:
+    """Compile each component to its own YAML (for other pipelines) and refresh the README's component table."""
+    from feedback_loop.operate import catalog
+
+    written = catalog.compile_all(output_dir or catalog.YAML_DIR, registry)
+    click.echo(f"wrote {len(written)} component files to {output_dir or catalog.YAML_DIR}")
+    if output_dir is None and not registry and catalog.README.exists() and catalog.TABLE_START in catalog.README.read_text():
+        catalog.README.write_text(catalog.readme_with_table(catalog.README.read_text()))
+        click.echo(f"refreshed the component table in {catalog.README}")
+
+
 if __name__ == "__main__":
     main()
