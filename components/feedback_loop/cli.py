@@ -277,5 +277,25 @@ def compile_components(output_dir: Path | None, registry: str | None) -> None:
         click.echo(f"refreshed the component table in {catalog.README}")
 
 
+@main.command()
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("local_outputs/report.html"), show_default=True)
+@click.option("--days", type=click.IntRange(1, 3650), default=90, show_default=True, help="How far back.")
+@click.pass_context
+def report(ctx: click.Context, output: Path, days: int) -> None:
+    """Write the loop at a glance as one HTML page (from retrain_runs and deployments; needs DATABASE_URL)."""
+    from feedback_loop.feedback import store
+    from feedback_loop.operate import report as page
+
+    settings = _settings(ctx)
+    conn = store.connect(settings.database_url.get_secret_value() if settings.database_url else None)
+    try:
+        history = page.load(conn, settings.model_name, days)
+    finally:
+        conn.close()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(page.render(history))
+    click.echo(f"wrote {output} ({len(history.runs)} runs, {len(history.deployments)} deployment steps)")
+
+
 if __name__ == "__main__":
     main()
