@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import keras
 import tensorflow as tf
 from kfp import dsl
 from sklearn.datasets import make_classification
@@ -119,7 +120,13 @@ def shuffled_model(
 @pytest.mark.slow
 def test_image_model_exports_a_servable_saved_model(good_model: train_core.TrainResult, holdout_path: Path) -> None:
     out = good_model.out_dir
-    for name in ("model.keras", "saved_model/1/saved_model.pb", "lineage.json", "training_data.parquet"):
+    for name in (
+        "model.keras",
+        "saved_model/1/saved_model.pb",
+        "lineage.json",
+        "training_data.parquet",
+        "reference_predictions.parquet",
+    ):
         assert (out / name).is_file(), name
 
     holdout = pd.read_parquet(holdout_path)
@@ -142,8 +149,12 @@ def test_lineage_records_data_code_and_classes(good_model: train_core.TrainResul
     record = json.loads((good_model.out_dir / "lineage.json").read_text())
     rows = pd.read_parquet(train_path)
     assert record["model_name"] == "cats-vs-dogs" and record["version"] == good_model.version == "v-good"
-    assert record["family"] == "image" and record["input_name"] == "pixels"
+    assert record["family"] == "image_classifier" and record["input_name"] == "pixels"
+    assert record["task"] == "classification" and record["output_name"] == "probabilities"
     assert record["classes"] == ["cat", "dog"] and record["feature_columns"] == []
+    assert record["strategy"] == "scratch" and "no production model" in record["strategy_reason"]
+    assert record["dependencies"]["keras"] == keras.__version__ and record["dependencies"]["numpy"] == np.__version__
+    assert "image" in record and record["feature_importance"] is None  # images have no feature columns
     assert record["rows"] == 600
     assert pd.Timestamp(record["trained_through"]) == rows["created_at"].max()
     assert (
@@ -153,6 +164,21 @@ def test_lineage_records_data_code_and_classes(good_model: train_core.TrainResul
     )
     assert record["params"]["epochs"] == 3 and record["tf_version"] == tf.__version__
     assert record["package_version"] and record["devices"] and record["parent_version"] is None
+
+
+@pytest.mark.slow
+def test_reference_predictions_are_the_models_answers_on_its_validation_rows(
+    good_model: train_core.TrainResult, train_path: Path
+) -> None:
+    reference = pd.read_parquet(good_model.out_dir / "reference_predictions.parquet")
+    assert list(reference.columns) == ["id", "label", "predicted_label", "confidence"]
+    rows = pd.read_parquet(train_path).sort_values("created_at")
+    validation = rows.iloc[-len(reference) :]
+    assert len(reference) == round(600 * 0.15) and list(reference["id"]) == list(validation["id"])
+    assert list(reference["label"]) == list(validation["label"])
+    probabilities = train_core.predict_proba(train_core.load_model(good_model.out_dir), validation)
+    assert list(reference["predicted_label"]) == list(np.array(["cat", "dog"])[probabilities.argmax(axis=1)])
+    np.testing.assert_allclose(reference["confidence"], probabilities.max(axis=1), atol=1e-5)
 
 
 def test_data_hash_depends_on_rows_not_on_the_file(animals: pd.DataFrame, tmp_path: Path) -> None:
@@ -202,6 +228,8 @@ def test_better_candidate_is_blessed(
     assert verdict.blessed, verdict.reasons
     assert "≥ 2 % required" in verdict.reasons[0]
     assert set(verdict.candidate) == {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"}
+    assert [g.name for g in verdict.gate_results] == ["improvement", "no_regression", "latency", "significance"]
+    assert verdict.latency_ms["candidate_p95"] > 0 and verdict.improvement_ci[0] < verdict.improvement_ci[1]
     assert verdict.classes == ["cat", "dog"] and verdict.holdout_rows == 300
     assert sum(map(sum, verdict.confusion_matrix)) == 300
     assert verdict.candidate["roc_auc"] > 0.8
@@ -228,8 +256,9 @@ def test_tabular_family_trains_and_is_scored_across_class_lists(tmp_path: Path) 
     params = train_core.TrainParams(epochs=12, seed=0, learning_rate=3e-3, batch_size=32)
     candidate = train_core.train(train_path, tmp_path / "candidate", params, model_name="tabular", version="v-tab")
     record = candidate.lineage
-    assert record["family"] == "tabular" and record["input_name"] == "features"
+    assert record["family"] == "tabular_classifier" and record["input_name"] == "features"
     assert record["feature_columns"] == [f"f{i}" for i in range(6)]
+    assert set(record["feature_importance"]) == set(record["feature_columns"])
 
     serving = tf.saved_model.load(str(tmp_path / "candidate" / "saved_model" / "1")).signatures["serving_default"]
     out = serving(features=tf.constant(rows.iloc[600:610][record["feature_columns"]].to_numpy(np.float32)))
@@ -289,13 +318,27 @@ def test_component_interfaces() -> None:
     }
     assert set(train_spec.inputs) == {
         "train",
+        "test",
+        "drift_metrics",
         "model_name",
         "epochs",
         "learning_rate",
         "batch_size",
         "seed",
         "parent_version",
+        "production_model_uri",
+        "family",
+        "strategy",
+        "auto_drift_share",
+        "auto_new_data_fraction",
+        "window",
+        "half_life_days",
+        "mixed_precision",
+        "xla",
     }
+    assert {"candidate", "holdout", "test", "max_test_regression", "max_latency_ratio", "require_significant"} <= set(
+        eval_spec.inputs
+    )
     assert {name: spec.type for name, spec in eval_spec.outputs.items()} == {
         "metrics": "system.Metrics@0.0.1",
         "confusion": "system.ClassificationMetrics@0.0.1",
@@ -317,19 +360,27 @@ def test_wrappers_run_on_real_artifacts(
     train_data = dsl.Dataset(uri=str(dataset.write_parquet(animals.iloc[:200], tmp_path / "train.parquet")))
     model = dsl.Model(uri=str(tmp_path / "model"))  # a plain local path: `.path` is the uri itself
     train_metrics = dsl.Metrics(uri=str(tmp_path / "train_metrics"))
+    drift_metrics = dsl.Metrics(uri=str(tmp_path / "drift_metrics"), metadata={"share_drifted": 0.8})
     version = train_model.python_func(
         train=train_data,
+        test=dsl.Dataset(uri=str(holdout_path)),
+        drift_metrics=drift_metrics,
         model=model,
         metrics=train_metrics,
         model_name="cats-vs-dogs",
         epochs=1,
         parent_version="v-good",
+        production_model_uri="file://" + str(good_model.out_dir),
     )
     assert version.startswith("v") and model.metadata["version"] == version
-    assert model.metadata["classes"] == ["cat", "dog"] and model.metadata["family"] == "image"
+    assert model.metadata["classes"] == ["cat", "dog"] and model.metadata["family"] == "image_classifier"
     assert model.metadata["data_hash"] == lineage.data_hash(train_data.path)
     assert (tmp_path / "model" / "saved_model" / "1" / "saved_model.pb").is_file()
-    assert json.loads((tmp_path / "model" / "lineage.json").read_text())["parent_version"] == "v-good"
+    record = json.loads((tmp_path / "model" / "lineage.json").read_text())
+    assert record["parent_version"] == "v-good"
+    # auto: 80 % of the features drifted, so the production model is not warm-started.
+    assert record["strategy"] == "scratch" and "drift is broad (80% of features" in record["strategy_reason"]
+    assert lineage.data_hash(tmp_path / "model" / "test_data.parquet") == lineage.data_hash(holdout_path)
     assert train_metrics.metadata["epochs_run"] == 1 and "loss" in train_metrics.metadata
 
     def run_evaluation(production_uri: str) -> tuple:
@@ -341,6 +392,7 @@ def test_wrappers_run_on_real_artifacts(
         result = evaluate_model.python_func(
             candidate=dsl.Model(uri=str(good_model.out_dir)),
             holdout=dsl.Dataset(uri=str(holdout_path)),
+            test=dsl.Dataset(uri=str(holdout_path)),
             production_model_uri=production_uri,
             **artifacts,
         )
@@ -350,6 +402,9 @@ def test_wrappers_run_on_real_artifacts(
     logged = artifacts["metrics"].metadata
     assert blessed is True and logged["candidate.accuracy"] > logged["production.accuracy"] > 0
     assert logged["blessed"] == 1.0 and "relative_improvement" in logged
+    assert logged["test.candidate.accuracy"] == logged["candidate.accuracy"]  # the same rows here
+    assert logged["relative_improvement.ci_low"] < logged["relative_improvement.ci_high"]
+    assert "latency_ms.production_p95" in logged
     assert artifacts["confusion"].metadata["confusionMatrix"]["annotationSpecs"] == [
         {"displayName": "cat"},
         {"displayName": "dog"},
