@@ -291,8 +291,12 @@ def test_publish_writes_a_complete_version_once(tmp_path: Path, monkeypatch: pyt
 def test_failed_upload_leaves_no_version_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model_dir = make_model_dir(tmp_path, "v1")
 
-    def disk_full(*_: Any, **__: Any) -> None:
-        raise OSError(28, "No space left on device")
+    copytree = shutil.copytree
+
+    def disk_full(source: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+        if str(tmp_path / "store") in str(target):  # the upload into the store, not publish's own staging copy
+            raise OSError(28, "No space left on device")
+        copytree(source, target, *args, **kwargs)
 
     monkeypatch.setattr(shutil, "copytree", disk_full)
     with pytest.raises(OSError, match="No space left"):

@@ -15,6 +15,12 @@ def advance_rollout(
     model_store_uri: str,
     deploy_target: str = "local",
     namespace: str = "default",
+    prometheus_url: str = "",
+    canary_metrics: dict = {},  # noqa: B006 (KFP reads the literal into the spec; {}: the defaults)
+    min_feedback_samples: int = 50,
+    feedback_alpha: float = 0.05,
+    ready_timeout_minutes: float = 30.0,
+    max_wait_hours: float = 24.0,
 ) -> NamedTuple(
     "RolloutOutputs",
     [
@@ -26,19 +32,31 @@ def advance_rollout(
         ("rollout_in_progress", bool),
     ],
 ):
-    """Moves a canary rollout in progress on: waits, advances a step, or promotes it.
+    """Analyses the canary step in progress, then promotes, advances, waits or rolls it back.
 
-    A step moves on once its bake time has passed. The canary is judged healthy as long as
-    no operator rolled it back: judging it from serving metrics and feedback comes later.
+    The analysis compares the canary with the stable version since the step began: the
+    target's readiness, Prometheus queries (when prometheus_url is set) and user
+    satisfaction per version (when DATABASE_URL is set). Worse, or not Ready in time: roll
+    back. Not enough evidence: hold the step, at most max_wait_hours past its bake time.
+    Healthy: move on once the bake time has passed.
 
     Args:
         model_name: Name of the served model (and of its InferenceService).
         model_store_uri: Model store root (file:// or gs://).
         deploy_target: "local" (state in the model store) or "kserve" (an InferenceService).
         namespace: Kubernetes namespace of the InferenceService.
+        prometheus_url: Prometheus base URL for the canary metrics; "" skips them.
+        canary_metrics: Name -> {query, min, max_increase, max_ratio}; PromQL templates with {revision}, {version},
+            {namespace}, {model_name}, {window}; lower is better. {} uses Knative's request count, error rate
+            and p95 latency per revision.
+        min_feedback_samples: Answers each version needs before feedback counts; 0 turns the feedback check off.
+        feedback_alpha: Level of the one-sided test that the canary's satisfaction is lower.
+        ready_timeout_minutes: Roll back a canary not Ready this long after its step began.
+        max_wait_hours: Roll back a canary still without a verdict this long after its bake time.
 
     Returns:
-        record: What happened (time, action, version, traffic, reason) and what serves now.
+        record: The promotion record: each transition and its reason, the analysis, the history, the canary's
+            drift report and evaluation verdict, what serves now.
         status: idle, waiting, advanced, promoted or rolled_back.
         production_version: The version serving the stable traffic; "" when none.
         production_model_uri: Model-store URI of that version's directory; "" when none.
@@ -51,11 +69,22 @@ def advance_rollout(
     from feedback_loop import logs
     from feedback_loop.deploy import core
 
+    import os
+
+    from feedback_loop.deploy.analysis import DEFAULT_METRICS, AnalysisConfig
+
     logs.setup()
+    now = datetime.now(timezone.utc)
     target = core.make_target(deploy_target, model_store_uri, model_name, namespace)
-    state, transitions = core.advance_rollout(target, datetime.now(timezone.utc), verdict=core.HEALTHY)
+    config = AnalysisConfig(
+        model_name, namespace, prometheus_url, canary_metrics or DEFAULT_METRICS, min_feedback_samples, feedback_alpha,
+        ready_timeout_minutes,
+    )
+    judge = core.make_judge(config, now, os.environ.get("DATABASE_URL"))
+    before = target.read()
+    state, transitions = core.advance_rollout(target, now, judge=judge, max_wait_hours=max_wait_hours)
     core.record(model_name, transitions, state)
-    core.write_record(record.path, model_name, transitions, state, target)
+    core.write_record(record.path, model_name, transitions, state, target, core.evidence_for(transitions, state, before))
     return core.RolloutOutputs(core.status_of(transitions), **core.describe(state))
 
 
@@ -65,6 +94,8 @@ def deploy_canary(
     record: Output[Markdown],
     model_name: str,
     model_store_uri: str,
+    drift_summary: Input[Markdown] = None,
+    evaluation_verdict: Input[Markdown] = None,
     deploy_target: str = "local",
     namespace: str = "default",
     service_account: str = "",
@@ -78,6 +109,8 @@ def deploy_canary(
 
     Args:
         candidate: Version directory written by train_model (saved_model/, lineage.json, ...).
+        drift_summary: The drift report that led to the retraining; published with the version.
+        evaluation_verdict: The evaluation verdict that blessed it; published with the version.
         model_name: Name of the served model (and of its InferenceService).
         model_store_uri: Model store root (file:// or gs://).
         deploy_target: "local" (state in the model store) or "kserve" (an InferenceService).
@@ -99,11 +132,16 @@ def deploy_canary(
     from feedback_loop.deploy import core
 
     logs.setup()
+    evidence = {
+        name: Path(artifact.path).read_text()
+        for name, artifact in (("drift.md", drift_summary), ("evaluation.md", evaluation_verdict))
+        if artifact is not None and Path(artifact.path).is_file()
+    }
     target = core.make_target(deploy_target, model_store_uri, model_name, namespace, service_account)
     state, transition = core.deploy(
         Path(candidate.path), model_store_uri, model_name, target, datetime.now(timezone.utc),
-        steps=rollout_steps, bake_hours=bake_hours,
+        steps=rollout_steps, bake_hours=bake_hours, evidence=evidence,
     )
     core.record(model_name, [transition], state)
-    core.write_record(record.path, model_name, [transition], state, target)
+    core.write_record(record.path, model_name, [transition], state, target, core.evidence_for([transition], state, None))
     return core.DeployOutputs(transition.action, transition.version, transition.traffic)

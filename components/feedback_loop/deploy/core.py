@@ -20,7 +20,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any, NamedTuple, Protocol
 
 from feedback_loop import storage
 from feedback_loop.deploy import isvc
+from feedback_loop.deploy.analysis import Analysis, AnalysisConfig, Observation, Prometheus, analyse
 from feedback_loop.errors import DeploymentError, ModelNotFound, SettingsError
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,9 @@ SAVED_MODEL_DIR = "saved_model"
 TRAINING_DATA_FILE = "training_data.parquet"
 ROLLOUT_FILE = "rollout.json"
 ROLLOUT_ANNOTATION = "feedback-loop.dev/rollout"
+# Published beside each version by deploy_canary, quoted in the promotion record.
+EVIDENCE_DIR = "evidence"
+EVIDENCE_FILES = ("drift.md", "evaluation.md")
 DEFAULT_STEPS = (10, 50, 100)
 DEFAULT_BAKE_HOURS = (24.0, 48.0)
 # Annotations share a 256 KiB budget per object; the database keeps the full record.
@@ -103,13 +109,20 @@ class RolloutState:
 
 @dataclass(frozen=True)
 class Transition:
-    """One decision of the rollout; `traffic` is the share `version` serves afterwards."""
+    """One decision of the rollout; `traffic` is the share `version` serves afterwards.
+
+    `analysis` is the evidence the decision rested on (not kept in the state's history).
+    """
 
     at: str
     action: str
     version: str
     traffic: int
     reason: str
+    analysis: Analysis | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "action": self.action, "version": self.version, "traffic": self.traffic, "reason": self.reason}
 
     @property
     def changed(self) -> bool:
@@ -183,28 +196,33 @@ def start(state: RolloutState, release: Release, now: datetime) -> tuple[Rollout
     return _move(state, now, CANARY_STARTED, release.version, percent, reason, **changes)
 
 
-def advance(state: RolloutState, now: datetime, verdict: str = HEALTHY) -> tuple[RolloutState, Transition]:
+def advance(
+    state: RolloutState, now: datetime, verdict: str = HEALTHY, *, evidence: str = "", max_wait_hours: float | None = None
+) -> tuple[RolloutState, Transition]:
     """Moves a canary one step on, once its current step has baked, or rolls it back.
 
-    The verdict comes from outside: "unhealthy" rolls back at once, "inconclusive" holds the
-    current step, "healthy" lets the schedule decide. Judging the canary from its serving
-    metrics and user feedback is not implemented yet; until it is, callers (the
-    `advance_rollout` component included) pass "healthy", so a canary is promoted on the
-    schedule alone unless an operator rolls it back.
+    The verdict comes from the analysis (`analysis.analyse`): "unhealthy" rolls back at once;
+    "inconclusive" holds the step, and past its bake time by more than `max_wait_hours`
+    (None: no limit) rolls back, since a canary that cannot be judged is not promoted;
+    "healthy" lets the schedule decide. `evidence` explains the verdict in the reason.
     """
     if verdict not in (HEALTHY, UNHEALTHY, INCONCLUSIVE):
         raise ValueError(f"verdict must be healthy, unhealthy or inconclusive, got {verdict!r}")
     canary = state.canary
     if canary is None:
         return state, _idle(state, now, "no rollout in progress")
+    because = f": {evidence}" if evidence else ""
     if verdict == UNHEALTHY:
-        return rollback(state, now, "canary judged unhealthy")
+        return rollback(state, now, f"canary judged unhealthy{because}")
     current, due = traffic(state), bake_ends_at(state)
     if verdict == INCONCLUSIVE:
-        return state, _transition(now, WAITING, canary.version, current, f"holding {current} %: not enough evidence yet")
+        if due is not None and max_wait_hours is not None and now >= due + timedelta(hours=max_wait_hours):
+            return rollback(state, now, f"no verdict {_hours(max_wait_hours)} after the bake time{because}")
+        limit = f" (at most until {_iso(due + timedelta(hours=max_wait_hours))})" if due and max_wait_hours is not None else ""
+        return state, _transition(now, WAITING, canary.version, current, f"holding {current} %: not enough evidence yet{limit}{because}")
     if due is not None and now < due:
-        return state, _transition(now, WAITING, canary.version, current, f"{current} % until {_iso(due)}")
-    baked = f"healthy at {current} % for {_hours(state.bake_hours[state.step_index])}"
+        return state, _transition(now, WAITING, canary.version, current, f"{current} % until {_iso(due)}{because}")
+    baked = f"healthy at {current} % for {_hours(state.bake_hours[state.step_index])}{because}"
     following = state.step_index + 1
     if state.steps[following] >= 100:
         return _move(state, now, PROMOTED, canary.version, 100, baked, stable=canary, **_NO_CANARY)
@@ -236,7 +254,7 @@ def _move(
     state: RolloutState, now: datetime, action: str, version: str, share: int, reason: str, **changes: Any
 ) -> tuple[RolloutState, Transition]:
     moved = _transition(now, action, version, share, reason)
-    history = [*state.history, asdict(moved)][-HISTORY_LIMIT:]
+    history = [*state.history, moved.to_dict()][-HISTORY_LIMIT:]
     return replace(state, history=history, **changes), moved
 
 
@@ -273,17 +291,36 @@ def candidate_version(model_dir: Path) -> str:
     return version
 
 
-def publish(model_dir: Path, store_uri: str, model_name: str, version: str) -> Release:
-    """Uploads a version directory to `<store>/<model_name>/<version>`; a complete one is left alone."""
+def publish(
+    model_dir: Path, store_uri: str, model_name: str, version: str, evidence: dict[str, str] | None = None
+) -> Release:
+    """Uploads a version directory to `<store>/<model_name>/<version>`; a complete one is left alone.
+
+    `evidence` (file name in EVIDENCE_FILES -> Markdown) is published under `evidence/`. The
+    lineage is also copied into each SavedModel's `assets.extra/` (which TF Serving ignores),
+    so a predictor given only the SavedModel directory (KServe's storageUri) knows its version.
+    """
     model_dir = Path(model_dir)
     if not (model_dir / SAVED_MODEL_DIR).is_dir():
         raise ModelNotFound(f"{model_dir} has no {SAVED_MODEL_DIR}/ directory: the serving runtime would load nothing")
     uri = version_dir_uri(store_uri, model_name, version)
     if storage.is_complete(uri):
         log.info("%s %s is already in the model store at %s", model_name, version, uri)
-    else:
-        storage.upload_dir(model_dir, uri)
-        log.info("published %s %s to %s", model_name, version, uri)
+        return Release.at(version, uri)
+    with tempfile.TemporaryDirectory(prefix="publish-") as scratch:
+        staged = Path(scratch) / version
+        shutil.copytree(model_dir, staged)
+        lineage = staged / LINEAGE_FILE
+        for numbered in (p for p in (staged / SAVED_MODEL_DIR).iterdir() if p.is_dir() and lineage.is_file()):
+            (numbered / "assets.extra").mkdir(exist_ok=True)
+            shutil.copyfile(lineage, numbered / "assets.extra" / LINEAGE_FILE)
+        for name, text in (evidence or {}).items():
+            if name not in EVIDENCE_FILES:
+                raise ValueError(f"evidence file {name!r} is not one of {EVIDENCE_FILES}")
+            (staged / EVIDENCE_DIR).mkdir(exist_ok=True)
+            (staged / EVIDENCE_DIR / name).write_text(text)
+        storage.upload_dir(staged, uri)
+    log.info("published %s %s to %s", model_name, version, uri)
     return Release.at(version, uri)
 
 
@@ -319,6 +356,8 @@ class Target(Protocol):
 
     def write(self, state: RolloutState) -> None: ...
 
+    def observe(self, state: RolloutState) -> Observation: ...
+
 
 class LocalTarget:
     """The state as `<store>/<model_name>/rollout.json`; the local model server serves what it says."""
@@ -332,6 +371,15 @@ class LocalTarget:
     def write(self, state: RolloutState) -> None:
         storage.write_bytes(self.uri, (state.to_json(indent=2) + "\n").encode())
 
+    def observe(self, state: RolloutState) -> Observation:
+        """The local model server serves any complete version; its revisions are the versions."""
+        if state.canary is None:
+            return Observation(None)
+        if not storage.is_complete(state.canary.uri):
+            return Observation(False, detail=f"{state.canary.uri} is not complete in the model store")
+        stable = state.stable.version if state.stable else ""
+        return Observation(True, state.canary.version, stable, f"{state.canary.version} complete in the model store")
+
     def __str__(self) -> str:
         return f"local ({self.uri})"
 
@@ -343,7 +391,15 @@ class KServeTarget:
     owns (storageUri, canaryTrafficPercent, the annotation, the ServiceAccount when given), so
     replicas or resources tuned on the cluster survive. `api` is a
     `kubernetes.client.CustomObjectsApi`; built from the in-cluster or kube config on first use.
+
+    One rollout at a time: `write` applies only on top of the state `read` saw. The patch
+    carries the resourceVersion read; when the API server answers 409 because the object
+    changed meanwhile, the write is retried on the new version only if the rollout
+    annotation is still the one read (KServe's own status updates also bump the version),
+    else it fails: another run moved the rollout.
     """
+
+    CONFLICT_RETRIES = 3
 
     def __init__(
         self,
@@ -365,6 +421,7 @@ class KServeTarget:
         # KServe refuses to change the mode of an existing service.
         self.deployment_mode = deployment_mode
         self._api = api
+        self._seen: tuple[str, str | None] | None = None  # (resourceVersion, annotation) at read()
 
     def __str__(self) -> str:
         return f"kserve (InferenceService {self.namespace}/{self.name})"
@@ -377,8 +434,40 @@ class KServeTarget:
 
     def read(self) -> RolloutState | None:
         existing = self._get()
-        raw = (((existing or {}).get("metadata") or {}).get("annotations") or {}).get(ROLLOUT_ANNOTATION)
+        raw = _annotation(existing)
+        self._seen = (existing["metadata"].get("resourceVersion", ""), raw) if existing else None
         return RolloutState.from_json(raw) if raw else None
+
+    def observe(self, state: RolloutState) -> Observation:
+        """Whether the canary's revision is ready and carries its share, as KServe reports it.
+
+        KServe (Serverless) sends canaryTrafficPercent to the latest *ready* revision and the
+        rest to the latest *rolled-out* one. Until the revision created for the canary's
+        storageUri is the latest ready one, the "canary" share still reaches the old model.
+        """
+        obj = self._get()
+        if obj is None or state.canary is None:
+            return Observation(None, detail="no InferenceService" if obj is None else "no canary")
+        status = obj.get("status") or {}
+        generation, observed = (obj.get("metadata") or {}).get("generation"), status.get("observedGeneration")
+        if generation is not None and observed is not None and observed < generation:
+            return Observation(False, detail=f"KServe has not reconciled generation {generation} yet (status is of {observed})")
+        predictor = (status.get("components") or {}).get("predictor") or {}
+        created, ready = predictor.get("latestCreatedRevision"), predictor.get("latestReadyRevision")
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        if not created or created != ready:
+            why = next((f"{c.get('reason') or ''} {c.get('message') or ''}".strip() for c in conditions.values()
+                        if c.get("status") == "False"), "")
+            detail = f"revision {created or '(none yet)'} is not ready, latest ready is {ready or '(none)'}"
+            return Observation(False, detail=f"{detail}: {why}" if why else detail)
+        shares: dict[str, int] = {}
+        for route in predictor.get("traffic") or []:
+            shares[route.get("revisionName", "")] = shares.get(route.get("revisionName", ""), 0) + int(route.get("percent") or 0)
+        expected = traffic(state)
+        if shares.get(ready, 0) != expected:
+            return Observation(False, detail=f"revision {ready} has {shares.get(ready, 0)} % of traffic, not {expected} % yet")
+        stable = predictor.get("latestRolledoutRevision", "")
+        return Observation(True, ready, stable, f"revision {ready} ready with {expected} % (stable revision {stable or '-'})")
 
     def write(self, state: RolloutState) -> None:
         serving = state.canary or state.stable
@@ -408,8 +497,25 @@ class KServeTarget:
         predictor: dict[str, Any] = {"model": {"storageUri": serving.storage_uri}, "canaryTrafficPercent": percent}
         if self.service_account:
             predictor["serviceAccountName"] = self.service_account
-        patch = {"metadata": {"annotations": {ROLLOUT_ANNOTATION: state.to_json()}}, "spec": {"predictor": predictor}}
-        self._call("patch", name=self.name, body=patch)
+        patch: dict[str, Any] = {"metadata": {"annotations": {ROLLOUT_ANNOTATION: state.to_json()}}, "spec": {"predictor": predictor}}
+        seen_version, seen_state = self._seen if self._seen else (existing["metadata"].get("resourceVersion", ""), _annotation(existing))
+        for _ in range(self.CONFLICT_RETRIES):
+            if _annotation(existing) != seen_state:
+                raise DeploymentError(
+                    f"the rollout on InferenceService {self.namespace}/{self.name} was changed by another run since this one read it; "
+                    "one rollout at a time: let the next run pick up the new state"
+                )
+            if seen_version:
+                patch["metadata"]["resourceVersion"] = seen_version  # compare-and-swap
+            try:
+                self._call("patch", name=self.name, body=patch)
+            except _Conflict:
+                existing = self._get() or {}
+                seen_version = (existing.get("metadata") or {}).get("resourceVersion", "")
+                continue
+            self._seen = None  # a write consumes what read() saw
+            return
+        raise DeploymentError(f"InferenceService {self.namespace}/{self.name} kept changing while the rollout was written; run again")
 
     def _get(self) -> dict[str, Any] | None:
         return self._call("get", name=self.name)
@@ -428,9 +534,19 @@ class KServeTarget:
             status = getattr(err, "status", None)
             if verb == "get" and status == 404:
                 return None
+            if verb == "patch" and status == 409:
+                raise _Conflict() from None
             cause = " ".join(str(p) for p in (status, _api_message(err)) if p)
             hint = _HINTS.get(status, "check the cluster and the KServe controller")
             raise DeploymentError(f"{verb} InferenceService {self.namespace}/{self.name} failed ({cause}): {hint}") from None
+
+
+class _Conflict(Exception):
+    """409 on a patch: the object changed since its resourceVersion was read."""
+
+
+def _annotation(obj: dict[str, Any] | None) -> str | None:
+    return (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(ROLLOUT_ANNOTATION)
 
 
 def _api_message(err: Exception) -> str:
@@ -443,6 +559,7 @@ def _api_message(err: Exception) -> str:
 
 _HINTS = {
     403: "grant the deploy ServiceAccount get, create and patch on inferenceservices in this namespace",
+    409: "another run created or changed it at the same time; one rollout at a time: run again",
     404: "is KServe installed in this cluster?",
     422: "the API server refused the manifest; check the InferenceService CRD version",
 }
@@ -506,8 +623,9 @@ def deploy(
     *,
     steps: Sequence[float] = DEFAULT_STEPS,
     bake_hours: Sequence[float] = DEFAULT_BAKE_HOURS,
+    evidence: dict[str, str] | None = None,
 ) -> tuple[RolloutState, Transition]:
-    """Publishes the candidate and starts its rollout (or deploys it outright when nothing serves)."""
+    """Publishes the candidate (with its evidence) and starts its rollout (or deploys it outright when nothing serves)."""
     percents, hours = schedule(steps, bake_hours)
     version = candidate_version(model_dir)
     state = target.read() or RolloutState()
@@ -516,15 +634,27 @@ def deploy(
     release = Release.at(version, version_dir_uri(store_uri, model_name, version))
     state, transition = start(state, release, now)  # refuses before anything is uploaded
     if transition.changed:
-        publish(model_dir, store_uri, model_name, version)
+        publish(model_dir, store_uri, model_name, version, evidence)
         target.write(state)
     log.info("%s %s: %s (%s)", model_name, transition.version, transition.action, transition.reason)
     return state, transition
 
 
-def advance_rollout(target: Target, now: datetime, verdict: str = HEALTHY) -> tuple[RolloutState | None, list[Transition]]:
-    """Advances the rollout in progress as far as its bake times allow, and applies the result once.
+Judge = Callable[[RolloutState, Observation], Analysis]
 
+
+def advance_rollout(
+    target: Target,
+    now: datetime,
+    verdict: str = HEALTHY,
+    *,
+    judge: Judge | None = None,
+    max_wait_hours: float | None = None,
+) -> tuple[RolloutState | None, list[Transition]]:
+    """Advances the rollout in progress as far as its bake times and its analysis allow, and applies the result once.
+
+    With `judge`, each step is analysed (what the target observes, then metrics and
+    feedback) and the analysis gives the verdict; without, `verdict` is used as given.
     Steps with a zero bake time follow one another within the same call; a positive bake
     time always ends the call ("waiting"), since each step must be observed before the next.
     """
@@ -533,8 +663,12 @@ def advance_rollout(target: Target, now: datetime, verdict: str = HEALTHY) -> tu
         return None, [_transition(now, IDLE, "", 0, "nothing deployed yet")]
     transitions: list[Transition] = []
     while True:
-        state, transition = advance(state, now, verdict)
-        transitions.append(transition)
+        analysis = judge(state, target.observe(state)) if judge is not None and state.canary is not None else None
+        step_verdict = analysis.verdict if analysis else verdict
+        state, transition = advance(
+            state, now, step_verdict, evidence=analysis.reason if analysis else "", max_wait_hours=max_wait_hours
+        )
+        transitions.append(replace(transition, analysis=analysis))
         if transition.action != ADVANCED:
             break
     if any(t.changed for t in transitions):
@@ -542,6 +676,34 @@ def advance_rollout(target: Target, now: datetime, verdict: str = HEALTHY) -> tu
     for t in transitions:
         log.info("%s: %s (%s)", t.version or "-", t.action, t.reason)
     return state, transitions
+
+
+def make_judge(config: AnalysisConfig, now: datetime, database_url: str | None = None) -> Judge:
+    """The analysis of a step from what is configured: Prometheus when its URL is set, feedback when a database is."""
+    metrics = Prometheus(config.prometheus_url) if config.prometheus_url else None
+    feedback = _feedback_source(database_url, config.model_name) if database_url else None
+
+    def judge(state: RolloutState, observation: Observation) -> Analysis:
+        assert state.canary is not None and state.stable is not None and state.step_started_at
+        return analyse(
+            state.canary.version, state.stable.version, _parse(state.step_started_at), now, observation, config,
+            metrics=metrics, feedback=feedback,
+        )
+
+    return judge
+
+
+def _feedback_source(database_url: str, model_name: str) -> Any:
+    def read(versions: Sequence[str], start: datetime, end: datetime) -> Any:
+        from feedback_loop.feedback import by_version, store  # the feedback stage's API
+
+        conn = store.connect(database_url)
+        try:
+            return by_version.satisfaction_by_version(conn, model_name, versions, start, end)
+        finally:
+            conn.close()
+
+    return read
 
 
 def abort_rollout(target: Target, now: datetime, reason: str) -> tuple[RolloutState | None, Transition]:
@@ -581,9 +743,10 @@ def record(model_name: str, transitions: list[Transition], state: RolloutState |
     conn = store.connect(dsn)
     try:
         for t in changed:
+            analysis = {"analysis": t.analysis.to_dict()} if t.analysis else {}
             store.record_deployment(
                 conn, model_name=model_name, version=t.version, action=t.action,
-                traffic_percent=t.traffic, reason=t.reason, details={"at": t.at, **details},
+                traffic_percent=t.traffic, reason=t.reason, details={"at": t.at, **details, **analysis},
             )
     finally:
         conn.close()
@@ -591,9 +754,19 @@ def record(model_name: str, transitions: list[Transition], state: RolloutState |
 
 
 def write_record(
-    path: Path | str, model_name: str, transitions: list[Transition], state: RolloutState | None, target: object
+    path: Path | str,
+    model_name: str,
+    transitions: list[Transition],
+    state: RolloutState | None,
+    target: object,
+    evidence_uris: Sequence[str] = (),
 ) -> None:
-    """A Markdown record of what happened and what serves now."""
+    """A Markdown record of what happened and what serves now: the promotion record.
+
+    It holds each transition and its reason, the analysis behind it, the rollout's history,
+    and the evidence published with the versions in `evidence_uris` (drift report and
+    evaluation verdict, from `deploy_canary`).
+    """
     lines = [
         f"# Rollout of `{model_name}`",
         "",
@@ -622,8 +795,39 @@ def write_record(
         + "; bake: " + ", ".join(_hours(h) for h in (state.bake_hours if state else DEFAULT_BAKE_HOURS)),
         "",
     ]
+    analysed = [t for t in transitions if t.analysis is not None]
+    if analysed:
+        lines += ["## Analysis", "", "| version | check | verdict | canary | stable | detail |", "|---|---|---|---:|---:|---|"]
+        for t in analysed:
+            for c in t.analysis.checks:
+                lines.append(
+                    f"| {_cell(t.version)} | {c.name} | {c.verdict} | {_cell(_num(c.canary))} | {_cell(_num(c.stable))} | {_cell(c.detail)} |"
+                )
+        lines.append("")
+    if state is not None and state.history:
+        lines += ["## History", "", "| time (UTC) | action | version | traffic | reason |", "|---|---|---|---:|---|"]
+        lines += [f"| {h['at']} | {h['action']} | {_cell(h['version'])} | {h['traffic']} % | {_cell(h['reason'])} |" for h in state.history]
+        lines.append("")
+    for version_uri in evidence_uris or []:
+        for name in EVIDENCE_FILES:
+            uri = storage.join(version_uri, EVIDENCE_DIR, name)
+            if storage.exists(uri):
+                lines += [f"## Evidence of `{version_uri.rsplit('/', 1)[-1]}`: {name}", "", storage.read_bytes(uri).decode().strip(), ""]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("\n".join(lines))
+
+
+def evidence_for(transitions: list[Transition], state: RolloutState | None, before: RolloutState | None) -> list[str]:
+    """The version directories whose evidence belongs in the record: the canary that moved."""
+    uris = []
+    for candidate in (before.canary if before else None, state.canary if state else None):
+        if candidate is not None and candidate.uri not in uris and any(t.changed and t.version == candidate.version for t in transitions):
+            uris.append(candidate.uri)
+    return uris
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
 
 
 def _cell(text: object) -> str:
