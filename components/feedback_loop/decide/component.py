@@ -1,42 +1,70 @@
 """KFP wrapper of the retrain decision."""
 
 from kfp import dsl
-from kfp.dsl import Markdown, Output
+from kfp.dsl import Input, Markdown, Metrics, Output
 
 from feedback_loop.images import DATA_IMAGE
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
 def decide_retrain(
+    stats: Input[Metrics],
     decision: Output[Markdown],
     model_name: str,
-    feedback_count: int,
-    negative_count: int,
-    satisfaction_rate: float,
     is_drift: bool,
     rollout_in_progress: bool = False,
     force: bool = False,
     min_feedback: int = 100,
     min_negative: int = 20,
     min_positive_rate: float = 0.70,
+    max_error_rate: float = 0.05,
+    max_recent_latency_ratio: float = 1.5,
+    max_keyword_hits: int = 10,
+    min_new_data_share: float = 0.20,
+    max_model_age_days: float = 90.0,
+    rules: list[str] = ["user_feedback", "error_rate", "latency", "keywords", "new_data", "input_drift", "model_age"],  # noqa: B006
     run_name: str = "",
 ) -> bool:
-    """Decides whether to retrain from feedback, drift and the rollout in progress.
+    """Decides whether to retrain from the feedback statistics, drift and the rollout in progress.
 
-    Rules: enough unhappy feedback (count, negatives and satisfaction together), input
-    drift, or `force`. No retrain while a canary rollout is in progress. The decision is
+    Retrains when any enabled rule fires: unhappy users (enough feedback, enough negatives
+    and low satisfaction, together), a high recent error rate, slow serving against the
+    baseline, keyword hits in negative comments, enough new data, input drift, an old
+    model; or when forced. Never while a canary rollout is in progress. The decision is
     also a row of `retrain_runs` when `DATABASE_URL` is set.
 
+    Args:
+        stats: extract_feedback's metrics (feedback_count, error_rate, latency_ratio, ...).
+        model_name: The served model.
+        is_drift: detect_drift's verdict.
+        rollout_in_progress: Whether a canary still shares the traffic.
+        force: Retrain whatever the signals say (still not during a rollout).
+        rules: The enabled rules, among user_feedback, error_rate, latency, keywords,
+            new_data, input_drift, model_age.
+        run_name: The pipeline run, recorded with the decision.
+
     Returns:
-        decision: Every rule, whether it fired and its figures; the reasons in its metadata.
+        decision: The rules that fired with their figures, then every rule (enabled, fired,
+            figures); the whole decision in its metadata.
         Output: Whether the pipeline goes on to train.
     """
     import os
 
     from feedback_loop.decide import core
 
-    signals = core.Signals(feedback_count, negative_count, satisfaction_rate, is_drift, rollout_in_progress, force)
-    result = core.decide(signals, core.Policy(min_feedback, min_negative, min_positive_rate))
+    signals = core.Signals.from_metrics(stats.metadata, is_drift=is_drift, rollout_in_progress=rollout_in_progress, force=force)
+    policy = core.Policy(
+        min_feedback=min_feedback,
+        min_negative=min_negative,
+        min_positive_rate=min_positive_rate,
+        max_error_rate=max_error_rate,
+        max_recent_latency_ratio=max_recent_latency_ratio,
+        max_keyword_hits=max_keyword_hits,
+        min_new_data_share=min_new_data_share,
+        max_model_age_days=max_model_age_days,
+        rules=tuple(rules),
+    )
+    result = core.decide(signals, policy)
     with open(decision.path, "w") as handle:
         handle.write(result.to_markdown())
     decision.metadata["decision"] = result.to_dict()

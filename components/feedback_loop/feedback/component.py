@@ -15,18 +15,36 @@ def extract_feedback(
     model_name: str,
     days_back: int = 30,
     since: str = "",
+    reference_data_uri: str = "",
+    keywords: list[str] = ["flou", "mauvais", "incorrect", "wrong", "blurry"],  # noqa: B006 (a spec literal)
+    known_labels: list[str] = [],  # noqa: B006
+    error_rate_days: int = 7,
+    latency_baseline_ms: float = 0.0,
 ) -> NamedTuple("FeedbackOutputs", [("rows", int), ("feedback_count", int), ("negative_count", int), ("satisfaction_rate", float)]):
     """Extracts the last `days_back` days of predictions with their latest feedback to Parquet.
 
     Reads PostgreSQL through `DATABASE_URL` (a Kubernetes Secret); only consenting users'
-    rows; the corrected label becomes `label`. Rows the model was already trained on
-    (before `since`, an ISO timestamp) are left out.
+    rows; user ids become an HMAC under `FEEDBACK_HMAC_KEY` (a Secret; without it they are
+    left out); the corrected label becomes `label`. Rows the model was already trained on
+    (before `since`, an ISO timestamp) are left out; unusable rows are counted by reason.
+
+    Args:
+        model_name: The served model whose predictions are read.
+        days_back: Length of the window, in days, ending now.
+        since: Newest timestamp the production model was trained on ("" when none).
+        reference_data_uri: The production model's training data, for the new-data share.
+        keywords: Words that, in a negative comment, count as a keyword hit.
+        known_labels: The labels a prediction or correction may name (empty: any).
+        error_rate_days: Length of the sliding window of the error rate.
+        latency_baseline_ms: Latency baseline; 0 takes the window's earlier predictions.
 
     Returns:
-        feedback: Parquet, one row per prediction, feature columns from the JSONB features.
-        stats: Feedback count, negatives, satisfaction rate, rows, mean confidence.
-        rows: Predictions in the window.
-        feedback_count: Predictions with user feedback.
+        feedback: Parquet, one row per usable prediction, feature columns from the JSONB features.
+        stats: Every statistic the retrain decision reads (feedback_count, negative_count,
+            satisfaction_rate, recent_satisfaction_rate, error_rate, latency_ratio,
+            keyword_hits, new_data_share, days_since_training, ...) and excluded_<reason> counts.
+        rows: Usable predictions in the window.
+        feedback_count: Predictions with usable user feedback.
         negative_count: Feedback saying the prediction was wrong.
         satisfaction_rate: Share of positive feedback (0.0 when there is none).
     """
@@ -37,9 +55,16 @@ def extract_feedback(
     from feedback_loop.feedback import core, store
 
     logs.setup()
+    options = core.Options(
+        keywords=tuple(keywords),
+        known_labels=tuple(known_labels),
+        error_rate_days=error_rate_days,
+        latency_baseline_ms=latency_baseline_ms,
+        training_rows=core.training_rows(reference_data_uri),
+    )
     conn = store.connect(os.environ.get("DATABASE_URL"))
     try:
-        result = core.extract(conn, core.Window.of(model_name, days_back, since), feedback.path)
+        result = core.extract(conn, core.Window.of(model_name, days_back, since), feedback.path, options)
     finally:
         conn.close()
     for name, value in result.metrics().items():

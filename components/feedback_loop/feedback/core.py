@@ -4,15 +4,23 @@ Streams: `COPY (query) TO STDOUT` lands in a temporary CSV that pyarrow reads ba
 batch into a Parquet writer, so memory stays bounded whatever the window holds (COPY ran
 as fast as COPY into /dev/null here; server-side cursors and `pandas.read_sql` at ~0.43×).
 JSONB features become typed columns in SQL, not in Python.
+
+Rows that cannot be used are classified in SQL and counted by reason (`EXCLUSION_REASONS`);
+the statistics the retrain decision needs are accumulated batch by batch, so they too
+need no more memory for ten million rows than for ten. User ids leave the database only
+as an HMAC-SHA256 of themselves under a key from the environment (`FEEDBACK_HMAC_KEY`).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
+import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -23,8 +31,29 @@ import pyarrow.parquet as pq
 from psycopg2 import sql
 
 from feedback_loop.dataset import write_parquet
+from feedback_loop.errors import SettingsError
+from feedback_loop.feedback.store import Tables
 
 log = logging.getLogger(__name__)
+
+HMAC_KEY_ENV = "FEEDBACK_HMAC_KEY"
+DEFAULT_KEYWORDS = ("flou", "mauvais", "incorrect", "wrong", "blurry")
+# A row stamped later than the window's end by more than this is "in the future" (clock skew).
+CLOCK_SKEW = timedelta(minutes=5)
+
+# Why a row was left out. Prediction rows: no_consent, future_timestamp, confidence_out_of_range,
+# null_label, unknown_label. Feedback rows: unknown_prediction, duplicate_feedback (an older
+# answer the latest replaced), future_timestamp, null_label / unknown_label (a "wrong" without
+# a usable correction: the prediction stays, unlabelled).
+EXCLUSION_REASONS = (
+    "no_consent",
+    "future_timestamp",
+    "confidence_out_of_range",
+    "null_label",
+    "unknown_label",
+    "unknown_prediction",
+    "duplicate_feedback",
+)
 
 # Base columns of the extract, in order, with their Arrow types.
 BASE_COLUMNS: list[tuple[str, pa.DataType]] = [
@@ -35,11 +64,18 @@ BASE_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("confidence", pa.float64()),
     ("latency_ms", pa.float64()),
     ("input_uri", pa.string()),
+    ("user_id", pa.string()),  # HMAC of the stored id, never the id itself
     ("is_correct", pa.bool_()),
     ("corrected_label", pa.string()),
     ("comment", pa.string()),
     ("feedback_at", pa.timestamp("us", tz="UTC")),
     ("label", pa.string()),
+]
+# Bookkeeping columns the query adds; tallied, then dropped before writing.
+_AUDIT_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("excluded", pa.string()),
+    ("feedback_excluded", pa.string()),
+    ("answers", pa.int64()),
 ]
 
 
@@ -48,15 +84,40 @@ class Window:
     model_name: str
     start: datetime
     end: datetime
+    trained_through: datetime | None = None  # newest row the production model was trained on
 
     @classmethod
     def of(cls, model_name: str, days_back: int, since: str = "", now: datetime | None = None) -> "Window":
         """The last `days_back` days, starting no earlier than `since` (data the model already saw)."""
         end = now or datetime.now(timezone.utc)
         start = end - timedelta(days=days_back)
+        trained = None
         if since:
-            start = max(start, datetime.fromisoformat(since))
-        return cls(model_name, start, end)
+            try:
+                trained = datetime.fromisoformat(since)
+            except ValueError:
+                raise SettingsError(f"since={since!r} is not an ISO 8601 timestamp: pass e.g. 2026-11-01T00:00:00+00:00") from None
+            if trained.tzinfo is None:
+                trained = trained.replace(tzinfo=timezone.utc)
+            start = max(start, trained)
+        return cls(model_name, start, end, trained)
+
+    @property
+    def horizon(self) -> datetime:
+        return self.end + CLOCK_SKEW
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the statistics are computed (the retrain policy's thresholds live in `decide`)."""
+
+    keywords: Sequence[str] = DEFAULT_KEYWORDS
+    known_labels: Sequence[str] = ()  # empty: any non-blank label is known
+    error_rate_days: float = 7.0
+    recent_feedback: int = 100  # satisfaction over the last N predictions with feedback
+    recent_latency: int = 50  # mean latency over the last N predictions ...
+    latency_baseline_ms: float = 0.0  # ... against this, or (0) the mean of the window's earlier rows
+    training_rows: int = 0  # rows the production model was trained on (for the new-data share)
 
 
 @dataclass(frozen=True)
@@ -67,27 +128,99 @@ class FeedbackStats:
     labelled_count: int
     satisfaction_rate: float  # share of positive feedback; 0.0 when there is none
     mean_confidence: float
-    window_start: str
-    window_end: str
+    recent_feedback_count: int = 0
+    recent_satisfaction_rate: float = 0.0  # over the last `recent_feedback` predictions with feedback
+    error_rate_feedback: int = 0
+    error_rate: float = 0.0  # negative share of the feedback over the last `error_rate_days`
+    recent_latency_ms: float = 0.0
+    baseline_latency_ms: float = 0.0
+    latency_ratio: float = 0.0  # recent / baseline; 0.0 when either is unknown
+    keyword_hits: int = 0  # negative feedback whose comment names a keyword
+    new_rows: int = 0  # labelled rows since the last training
+    training_rows: int = 0
+    new_data_share: float = 0.0  # new_rows / training_rows (1.0 when nothing was trained on yet)
+    days_since_training: float = -1.0  # -1 when no model was trained yet
+    excluded: dict[str, int] = field(default_factory=dict)
+    window_start: str = ""
+    window_end: str = ""
 
     def metrics(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items() if not k.startswith("window_")}
+        """Every figure as a named float (KFP metrics), exclusions as `excluded_<reason>`."""
+        out = {k: float(v) for k, v in asdict(self).items() if not k.startswith("window_") and k != "excluded"}
+        out.update({f"excluded_{reason}": float(self.excluded.get(reason, 0)) for reason in EXCLUSION_REASONS})
+        return out
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, float]) -> "FeedbackStats":
+        """Reads back what `metrics()` wrote (e.g. from an Input[Metrics]'s metadata)."""
+        kinds = {f.name: f.type for f in cls.__dataclass_fields__.values()}
+        values = {}
+        for name, kind in kinds.items():
+            if name in metrics:
+                values[name] = int(metrics[name]) if kind == "int" else float(metrics[name])
+        excluded = {r: int(metrics.get(f"excluded_{r}", 0)) for r in EXCLUSION_REASONS}
+        return cls(**{"rows": 0, "feedback_count": 0, "negative_count": 0, "labelled_count": 0,
+                      "satisfaction_rate": 0.0, "mean_confidence": 0.0, **values, "excluded": excluded})
 
 
-def _feature_types(conn, window: Window) -> dict[str, str]:
+class Pseudonymizer:
+    """HMAC-SHA256 of user ids; with no key, ids are dropped rather than exported."""
+
+    def __init__(self, key: str | bytes | None, cache_size: int = 500_000) -> None:
+        self._key = key.encode() if isinstance(key, str) else key
+        self._cache_size = cache_size
+        self._known = pa.array([], pa.string())  # ids hashed so far, and their digests
+        self._digests = pa.array([], pa.string())
+
+    @classmethod
+    def from_env(cls) -> "Pseudonymizer":
+        key = os.environ.get(HMAC_KEY_ENV) or None
+        if key is None:
+            log.warning("%s is not set: user ids are left out of the extract", HMAC_KEY_ENV)
+        return cls(key)
+
+    def digest(self, user_id: str) -> str:
+        return hmac.digest(self._key, user_id.encode(), "sha256").hex()
+
+    def apply(self, column: pa.ChunkedArray | pa.Array) -> pa.Array:
+        if self._key is None:
+            return pa.nulls(len(column), pa.string())
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        # Hash each distinct id once: users are far fewer than predictions. The lookup runs in
+        # Arrow; only ids not seen before reach Python.
+        encoded = pc.dictionary_encode(column)
+        distinct = encoded.dictionary
+        position = pc.index_in(distinct, value_set=self._known)
+        missing = distinct.filter(pc.is_null(position))
+        if len(missing):
+            fresh = pa.array([self.digest(v) for v in missing.to_pylist()], pa.string())
+            if len(self._known) + len(missing) > self._cache_size:  # bounded, whatever the number of users
+                self._known, self._digests = missing, fresh
+            else:
+                self._known = pa.concat_arrays([self._known, missing])
+                self._digests = pa.concat_arrays([self._digests, fresh])
+            position = pc.index_in(distinct, value_set=self._known)
+        return pc.take(pc.take(self._digests, position), encoded.indices)
+
+
+def _feature_types(conn, window: Window, tables: Tables) -> dict[str, str]:
     """Feature keys in the window's JSONB and whether each is numeric or text."""
-    query = """
+    query = sql.SQL(
+        """
         SELECT key, bool_and(jsonb_typeof(value) = 'number')
-        FROM predictions, jsonb_each(features)
-        WHERE model_name = %s AND created_at > %s AND created_at <= %s
+        FROM {predictions}, jsonb_each(features)
+        WHERE model_name = %s AND created_at > %s AND created_at <= %s AND consent
         GROUP BY key ORDER BY key
-    """
+        """
+    ).format(predictions=sql.Identifier(tables.predictions))
     with conn.cursor() as cur:
         cur.execute(query, (window.model_name, window.start, window.end))
         return {key: ("number" if numeric else "text") for key, numeric in cur.fetchall()}
 
 
-def _extract_query(window: Window, features: dict[str, str]) -> sql.Composed:
+def extract_query(window: Window, features: dict[str, str], options: Options = Options(), tables: Tables = Tables()) -> sql.Composed:
+    """One row per consenting prediction of the window, with its latest feedback and audit columns."""
     feature_columns = [
         sql.SQL("(p.features->>{key})::{cast} AS {name}").format(
             key=sql.Literal(key),
@@ -96,81 +229,307 @@ def _extract_query(window: Window, features: dict[str, str]) -> sql.Composed:
         )
         for key, kind in features.items()
     ]
-    # The latest feedback per prediction wins; only consenting users' rows leave the database.
+    known = list(options.known_labels)
+    # The latest answer up to the horizon wins; `answers` counts them all (older ones are duplicates).
+    # A "wrong" without a usable correction keeps its prediction, unlabelled.
     return sql.SQL(
         """
-        SELECT p.id, p.created_at, p.model_version, p.predicted_label, p.confidence, p.latency_ms,
-               p.input_uri, f.is_correct, f.corrected_label, f.comment, f.created_at AS feedback_at,
-               CASE WHEN f.is_correct THEN p.predicted_label ELSE f.corrected_label END AS label
+        SELECT p.id, p.created_at, p.model_version, a.answer AS predicted_label, p.confidence, p.latency_ms,
+               p.input_uri, p.user_id,
+               CASE WHEN fx.reason IS NULL THEN f.is_correct END AS is_correct,
+               CASE WHEN fx.reason IS NULL THEN f.corrected_label END AS corrected_label,
+               CASE WHEN fx.reason IS NULL THEN f.comment END AS comment,
+               CASE WHEN fx.reason IS NULL THEN f.created_at END AS feedback_at,
+               CASE WHEN fx.reason IS NULL THEN l.label END AS label,
+               CASE
+                   WHEN p.confidence IS NOT NULL AND NOT (p.confidence BETWEEN 0 AND 1) THEN 'confidence_out_of_range'
+                   WHEN a.answer IS NULL THEN 'null_label'
+                   WHEN {answer_unknown} THEN 'unknown_label'
+               END AS excluded,
+               fx.reason AS feedback_excluded,
+               f.answers
                {features}
-        FROM predictions p
+        FROM {predictions} p
+        CROSS JOIN LATERAL (
+            SELECT coalesce(nullif(btrim(p.predicted_label), ''), p.predicted_value::text) AS answer
+        ) a
         LEFT JOIN LATERAL (
-            SELECT is_correct, corrected_label, comment, created_at FROM feedback
-            WHERE prediction_id = p.id ORDER BY created_at DESC, id DESC LIMIT 1
+            SELECT is_correct, corrected_label, comment, created_at, count(*) OVER () AS answers
+            FROM {feedback} WHERE prediction_id = p.id AND created_at <= {horizon}
+            ORDER BY created_at DESC, id DESC LIMIT 1
         ) f ON true
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN f.is_correct THEN a.answer ELSE nullif(btrim(f.corrected_label), '') END AS label
+        ) l
+        CROSS JOIN LATERAL (
+            SELECT CASE
+                WHEN f.is_correct IS NULL THEN NULL
+                WHEN l.label IS NULL THEN 'null_label'
+                WHEN {label_unknown} THEN 'unknown_label'
+            END AS reason
+        ) fx
         WHERE p.model_name = {model} AND p.consent
           AND p.created_at > {start} AND p.created_at <= {end}
-          AND (p.confidence IS NULL OR p.confidence BETWEEN 0 AND 1)
         ORDER BY p.created_at, p.id
         """
     ).format(
         features=sql.SQL("").join(sql.SQL(", ") + c for c in feature_columns),
+        predictions=sql.Identifier(tables.predictions),
+        feedback=sql.Identifier(tables.feedback),
+        answer_unknown=_unknown(known, sql.SQL("a.answer")),
+        label_unknown=_unknown(known, sql.SQL("l.label")),
         model=sql.Literal(window.model_name),
         start=sql.Literal(window.start),
         end=sql.Literal(window.end),
+        horizon=sql.Literal(window.horizon),
     )
 
 
-def extract(conn, window: Window, out_path: Path) -> FeedbackStats:
-    """Writes the window to `out_path` (Parquet, whole or not at all) and returns its statistics."""
-    started = time.monotonic()
-    features = _feature_types(conn, window)
-    schema = pa.schema(BASE_COLUMNS + [(k, pa.float64() if t == "number" else pa.string()) for k, t in features.items()])
-    query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(_extract_query(window, features))
+def _unknown(known: list[str], value: sql.Composable) -> sql.Composable:
+    """SQL that is true when `value` is outside the known labels (never, when none are configured)."""
+    if not known:
+        return sql.SQL("false")
+    return sql.SQL("{value} <> ALL({labels}::text[])").format(value=value, labels=sql.Literal(known))
 
+
+def _counts_query(window: Window, tables: Tables) -> sql.Composed:
+    """Exclusions that are no row of the extract: non-consenting, future-dated and orphan rows."""
+    return sql.SQL(
+        """
+        SELECT
+            (SELECT count(*) FROM {predictions}
+              WHERE model_name = {model} AND NOT consent AND created_at > {start} AND created_at <= {end}),
+            (SELECT count(*) FROM {predictions} WHERE model_name = {model} AND created_at > {horizon})
+          + (SELECT count(*) FROM {feedback} f JOIN {predictions} p ON p.id = f.prediction_id
+              WHERE f.created_at > {horizon} AND p.model_name = {model} AND p.consent
+                AND p.created_at > {start} AND p.created_at <= {end}),
+            (SELECT count(*) FROM {feedback} f
+              WHERE f.created_at > {start} AND f.created_at <= {horizon}
+                AND NOT EXISTS (SELECT 1 FROM {predictions} p WHERE p.id = f.prediction_id))
+        """
+    ).format(
+        predictions=sql.Identifier(tables.predictions),
+        feedback=sql.Identifier(tables.feedback),
+        model=sql.Literal(window.model_name),
+        start=sql.Literal(window.start),
+        end=sql.Literal(window.end),
+        horizon=sql.Literal(window.horizon),
+    )
+
+
+def extract(
+    conn,
+    window: Window,
+    out_path: Path,
+    options: Options = Options(),
+    tables: Tables = Tables(),
+    pseudonymizer: Pseudonymizer | None = None,
+) -> FeedbackStats:
+    """Writes the window to `out_path` (Parquet, whole or not at all) and returns its statistics.
+
+    The counts and the rows come from one snapshot (a read-only repeatable-read transaction),
+    so the excluded rows and the extract always add up.
+    """
+    started = time.monotonic()
+    pseudonymizer = pseudonymizer or Pseudonymizer.from_env()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as scratch:
-        csv_path = Path(scratch) / "extract.csv"
-        with conn.cursor() as cur, open(csv_path, "w", newline="") as handle:
-            cur.copy_expert(query.as_string(conn), handle)
-        rows = _csv_to_parquet(csv_path, schema, Path(scratch) / "extract.parquet")
-        os.replace(Path(scratch) / "extract.parquet", out_path)
-
-    stats = summarize(out_path, window)
+    conn.rollback()  # set_session needs no transaction open
+    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    try:
+        with conn, tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as scratch:
+            features = _feature_types(conn, window, tables)
+            schema = pa.schema(
+                BASE_COLUMNS + _AUDIT_COLUMNS + [(k, pa.float64() if t == "number" else pa.string()) for k, t in features.items()]
+            )
+            query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(
+                extract_query(window, features, options, tables)
+            )
+            csv_path = Path(scratch) / "extract.csv"
+            with conn.cursor() as cur:
+                with open(csv_path, "w", newline="") as handle:
+                    cur.copy_expert(query.as_string(conn), handle)
+                cur.execute(_counts_query(window, tables))
+                no_consent, future, orphans = cur.fetchone()
+            accumulator = _Accumulator(window, options)
+            staged = Path(scratch) / "extract.parquet"
+            _csv_to_parquet(csv_path, schema, staged, accumulator, pseudonymizer)
+            os.replace(staged, out_path)
+    finally:
+        conn.set_session(isolation_level="DEFAULT", readonly="DEFAULT")
+    accumulator.excluded["no_consent"] += no_consent
+    accumulator.excluded["future_timestamp"] += future
+    accumulator.excluded["unknown_prediction"] += orphans
+    stats = accumulator.stats()
     elapsed = time.monotonic() - started
-    log.info("extracted %d rows (%d with feedback) in %.1f s (%.0f rows/s)", rows, stats.feedback_count, elapsed, rows / max(elapsed, 1e-9))
+    dropped = ", ".join(f"{n} {reason}" for reason, n in stats.excluded.items() if n) or "none"
+    log.info(
+        "extracted %d rows (%d with feedback) in %.1f s (%.0f rows/s); excluded: %s",
+        stats.rows, stats.feedback_count, elapsed, stats.rows / max(elapsed, 1e-9), dropped,
+    )
     return stats
 
 
-def _csv_to_parquet(csv_path: Path, schema: pa.Schema, parquet_path: Path) -> int:
-    convert = pacsv.ConvertOptions(
-        column_types=schema, strings_can_be_null=True, true_values=["t"], false_values=["f"]
-    )
-    rows = 0
+def _csv_to_parquet(csv_path: Path, schema: pa.Schema, parquet_path: Path, accumulator: "_Accumulator", pseudonymizer: Pseudonymizer) -> int:
+    keep = [name for name in schema.names if name not in {c for c, _ in _AUDIT_COLUMNS}]
+    out_schema = pa.schema([schema.field(name) for name in keep])
     if csv_path.stat().st_size == 0:
-        write_parquet(schema.empty_table(), parquet_path)
+        write_parquet(out_schema.empty_table(), parquet_path)
         return 0
+    convert = pacsv.ConvertOptions(column_types=schema, strings_can_be_null=True, true_values=["t"], false_values=["f"])
     reader = pacsv.open_csv(csv_path, convert_options=convert, read_options=pacsv.ReadOptions(block_size=8 << 20))
-    with pq.ParquetWriter(parquet_path, schema) as writer:
+    rows = 0
+    # Dictionary encoding only pays on repeated values: not on ids and digests.
+    unique = {"id", "user_id", "input_uri"}
+    dictionary = [name for name in keep if name not in unique]
+    with pq.ParquetWriter(parquet_path, out_schema, use_dictionary=dictionary) as writer:
         for batch in reader:
-            writer.write_batch(batch.select(schema.names))
-            rows += batch.num_rows
+            kept = accumulator.add(batch)
+            if kept.num_rows == 0:
+                continue
+            columns = [pseudonymizer.apply(kept.column(n)) if n == "user_id" else kept.column(n) for n in keep]
+            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=out_schema))
+            rows += kept.num_rows
     return rows
 
 
-def summarize(path: Path, window: Window) -> FeedbackStats:
-    table = pq.read_table(path, columns=["is_correct", "label", "confidence"])
-    has_feedback = pc.is_valid(table["is_correct"])
-    feedback_count = pc.sum(has_feedback).as_py() or 0
-    negative_count = pc.sum(pc.invert(pc.fill_null(table["is_correct"], True))).as_py() or 0
-    return FeedbackStats(
-        rows=table.num_rows,
-        feedback_count=feedback_count,
-        negative_count=negative_count,
-        labelled_count=pc.sum(pc.is_valid(table["label"])).as_py() or 0,
-        satisfaction_rate=(feedback_count - negative_count) / feedback_count if feedback_count else 0.0,
-        mean_confidence=pc.mean(table["confidence"]).as_py() or 0.0,
-        window_start=window.start.isoformat(),
-        window_end=window.end.isoformat(),
-    )
+class _Accumulator:
+    """Every statistic of the extract, updated batch by batch in constant memory."""
+
+    def __init__(self, window: Window, options: Options) -> None:
+        self.window, self.options = window, options
+        self.excluded = {reason: 0 for reason in EXCLUSION_REASONS}
+        self.rows = self.feedback = self.negative = self.labelled = 0
+        self.confidence_sum, self.confidence_n = 0.0, 0
+        self.latency_sum, self.latency_n = 0.0, 0
+        self.recent_error_feedback = self.recent_errors = self.keyword_hits = self.new_rows = 0
+        self.error_since = pa.scalar(window.end - timedelta(days=options.error_rate_days), pa.timestamp("us", tz="UTC"))
+        self.trained_through = (
+            pa.scalar(window.trained_through, pa.timestamp("us", tz="UTC")) if window.trained_through else None
+        )
+        words = [w for w in options.keywords if w.strip()]
+        self.keyword_pattern = "|".join(re.escape(w.strip()) for w in words) if words else ""
+        # The newest rows so far (by created_at, id): bounded tails for the "last N" figures.
+        self.feedback_tail: pa.Table | None = None
+        self.latency_tail: pa.Table | None = None
+
+    def add(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Tallies `batch`; returns its usable rows."""
+        for reason, n in _value_counts(batch.column("excluded")).items():
+            self.excluded[reason] += n
+        usable = pc.is_null(batch.column("excluded"))
+        kept = batch.filter(usable)
+        for reason, n in _value_counts(kept.column("feedback_excluded")).items():
+            self.excluded[reason] += n
+        answers = kept.column("answers")
+        self.excluded["duplicate_feedback"] += int(pc.sum(pc.subtract(answers, 1)).as_py() or 0)
+
+        is_correct = kept.column("is_correct")
+        has_feedback = pc.is_valid(is_correct)
+        negative = pc.fill_null(pc.invert(is_correct), False)
+        self.rows += kept.num_rows
+        self.feedback += int(pc.sum(has_feedback).as_py() or 0)
+        self.negative += int(pc.sum(negative).as_py() or 0)
+        labelled = pc.is_valid(kept.column("label"))
+        self.labelled += int(pc.sum(labelled).as_py() or 0)
+        confidence = kept.column("confidence")
+        self.confidence_sum += pc.sum(confidence).as_py() or 0.0
+        self.confidence_n += len(confidence) - confidence.null_count
+        latency = kept.column("latency_ms")
+        self.latency_sum += pc.sum(latency).as_py() or 0.0
+        self.latency_n += len(latency) - latency.null_count
+
+        created = kept.column("created_at")
+        recent = pc.and_(has_feedback, pc.greater(created, self.error_since))
+        self.recent_error_feedback += int(pc.sum(recent).as_py() or 0)
+        self.recent_errors += int(pc.sum(pc.and_(recent, negative)).as_py() or 0)
+        if self.keyword_pattern:
+            hits = pc.match_substring_regex(kept.column("comment"), self.keyword_pattern, ignore_case=True)
+            self.keyword_hits += int(pc.sum(pc.and_(negative, pc.fill_null(hits, False))).as_py() or 0)
+        if self.trained_through is not None:
+            self.new_rows += int(pc.sum(pc.and_(labelled, pc.greater(created, self.trained_through))).as_py() or 0)
+        else:
+            self.new_rows += int(pc.sum(labelled).as_py() or 0)
+
+        slim = pa.table({"id": kept.column("id"), "created_at": created, "is_correct": is_correct, "latency_ms": latency})
+        self.feedback_tail = _newest(self.feedback_tail, slim.filter(has_feedback), self.options.recent_feedback)
+        self.latency_tail = _newest(self.latency_tail, slim.filter(pc.is_valid(latency)), self.options.recent_latency)
+        return kept
+
+    def stats(self) -> FeedbackStats:
+        o, w = self.options, self.window
+        tail = self.feedback_tail
+        recent_n = tail.num_rows if tail is not None else 0
+        recent_pos = int(pc.sum(tail["is_correct"]).as_py() or 0) if recent_n else 0
+        lat = self.latency_tail
+        lat_n = lat.num_rows if lat is not None else 0
+        recent_latency = (pc.sum(lat["latency_ms"]).as_py() / lat_n) if lat_n else 0.0
+        if o.latency_baseline_ms > 0:
+            baseline = o.latency_baseline_ms
+        else:  # the window's rows before the recent ones
+            earlier_n = self.latency_n - lat_n
+            baseline = (self.latency_sum - recent_latency * lat_n) / earlier_n if earlier_n > 0 else 0.0
+        full_sample = lat_n >= o.recent_latency
+        training_rows = o.training_rows
+        if training_rows > 0:
+            share = self.new_rows / training_rows
+        else:
+            share = 1.0 if self.new_rows else 0.0
+        age = (w.end - w.trained_through).total_seconds() / 86400 if w.trained_through else -1.0
+        return FeedbackStats(
+            rows=self.rows,
+            feedback_count=self.feedback,
+            negative_count=self.negative,
+            labelled_count=self.labelled,
+            satisfaction_rate=(self.feedback - self.negative) / self.feedback if self.feedback else 0.0,
+            mean_confidence=self.confidence_sum / self.confidence_n if self.confidence_n else 0.0,
+            recent_feedback_count=recent_n,
+            recent_satisfaction_rate=recent_pos / recent_n if recent_n else 0.0,
+            error_rate_feedback=self.recent_error_feedback,
+            error_rate=self.recent_errors / self.recent_error_feedback if self.recent_error_feedback else 0.0,
+            recent_latency_ms=recent_latency,
+            baseline_latency_ms=baseline,
+            latency_ratio=recent_latency / baseline if baseline > 0 and full_sample else 0.0,
+            keyword_hits=self.keyword_hits,
+            new_rows=self.new_rows,
+            training_rows=training_rows,
+            new_data_share=share,
+            days_since_training=round(age, 3),
+            excluded=dict(self.excluded),
+            window_start=w.start.isoformat(),
+            window_end=w.end.isoformat(),
+        )
+
+
+def _value_counts(column: pa.Array) -> dict[str, int]:
+    if column.null_count == len(column):
+        return {}
+    counts = pc.value_counts(column.drop_null() if hasattr(column, "drop_null") else pc.drop_null(column))
+    return {item["values"].as_py(): item["counts"].as_py() for item in counts}
+
+
+def _newest(tail: pa.Table | None, batch: pa.Table, n: int) -> pa.Table | None:
+    """The `n` newest rows of `tail` then `batch`: the query orders rows by (created_at, id)."""
+    if n <= 0:
+        return None
+    batch = batch.slice(max(0, batch.num_rows - n))
+    both = batch if tail is None else pa.concat_tables([tail, batch])
+    return both.slice(max(0, both.num_rows - n))
+
+
+def training_rows(reference_data_uri: str) -> int:
+    """Rows of the production model's training data (from its Parquet footer); 0 when unknown."""
+    if not reference_data_uri:
+        return 0
+    from feedback_loop import storage
+
+    try:
+        if reference_data_uri.startswith("gs://"):
+            return pq.read_metadata(pa.BufferReader(storage.read_bytes(reference_data_uri))).num_rows
+        path = storage.local_path(reference_data_uri)
+        if path.is_dir():
+            return sum(pq.read_metadata(part).num_rows for part in sorted(path.glob("*.parquet")))
+        return pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowInvalid) as err:
+        log.warning("cannot count the training rows (%s): the new-data share is taken as whole", type(err).__name__)
+        return 0

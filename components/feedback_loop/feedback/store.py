@@ -9,15 +9,26 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2 import sql
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from feedback_loop.errors import DatabaseUnreachable
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Where the serving app writes; names are quoted as identifiers, never formatted into SQL."""
+
+    predictions: str = "predictions"
+    feedback: str = "feedback"
 
 # Each migration runs once, in order, inside one transaction with its version row.
 MIGRATIONS: list[str] = [
@@ -65,6 +76,17 @@ MIGRATIONS: list[str] = [
         reason          text NOT NULL DEFAULT '',
         details         jsonb NOT NULL DEFAULT '{}'::jsonb
     );
+    """,
+    # 2: regressors' answers, the indexes of the window, exclusion and retention queries.
+    """
+    ALTER TABLE predictions ADD COLUMN predicted_value double precision;  -- a regressor's answer
+    -- Counting a window's non-consenting rows reads only them.
+    CREATE INDEX predictions_no_consent ON predictions (model_name, created_at) WHERE NOT consent;
+    -- Retention deletes by age whatever the model.
+    CREATE INDEX predictions_created_at ON predictions (created_at);
+    -- Future-dated and orphan feedback are counted by time; the prediction id comes from the index.
+    CREATE INDEX feedback_created_at ON feedback (created_at) INCLUDE (prediction_id);
+    CREATE INDEX retrain_runs_model_time ON retrain_runs (model_name, started_at);
     """,
 ]
 
@@ -144,3 +166,34 @@ def history(conn, model_name: str, limit: int = 20) -> list[dict[str, Any]]:
         )
         names = [c.name for c in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def purge(
+    conn, retention_days: int, *, now: datetime | None = None, dry_run: bool = False, tables: Tables = Tables()
+) -> dict[str, int]:
+    """Deletes predictions and feedback older than `retention_days` (personal data); returns the counts.
+
+    A prediction's feedback goes with it, whatever its age. Run history and deployments hold
+    no personal data and are kept. With `dry_run`, counts what would go and deletes nothing.
+    """
+    if retention_days < 1:
+        raise ValueError("retention_days must be at least 1")
+    cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=retention_days)
+    names = {"p": sql.Identifier(tables.predictions), "f": sql.Identifier(tables.feedback)}
+    statements = {
+        # Feedback on an expiring prediction, then feedback that is old itself, then the predictions.
+        "feedback": sql.SQL(
+            "DELETE FROM {f} WHERE created_at < %(cutoff)s"
+            " OR prediction_id IN (SELECT id FROM {p} WHERE created_at < %(cutoff)s)"
+        ).format(**names),
+        "predictions": sql.SQL("DELETE FROM {p} WHERE created_at < %(cutoff)s").format(**names),
+    }
+    counts: dict[str, int] = {}
+    with conn, conn.cursor() as cur:
+        for table, statement in statements.items():
+            cur.execute(statement, {"cutoff": cutoff})
+            counts[table] = cur.rowcount
+        if dry_run:
+            conn.rollback()
+    log.info("%s rows older than %s: %s", "would purge" if dry_run else "purged", cutoff.date(), counts)
+    return counts
