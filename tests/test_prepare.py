@@ -13,8 +13,8 @@ import pytest
 from kfp import dsl
 
 from feedback_loop.dataset import write_parquet
-from feedback_loop.errors import DataError
-from feedback_loop.prepare import core
+from feedback_loop.errors import DataError, SettingsError
+from feedback_loop.prepare import core, windows
 from feedback_loop.prepare.component import prepare_dataset
 
 T0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
@@ -85,10 +85,58 @@ def test_the_leak_check_refuses_a_split_that_shares_rows() -> None:
 
 def test_wrapper_with_artifacts_on_disk(tmp_path: Path) -> None:
     reference, feedback = make_inputs(tmp_path)
-    train, holdout, stats = (dsl.Dataset(uri=str(tmp_path / n)) for n in ("train", "holdout", "stats"))
+    train, holdout, test = (dsl.Dataset(uri=str(tmp_path / n)) for n in ("train", "holdout", "test"))
     stats = dsl.Metrics(uri=str(tmp_path / "stats"))
     prepare_dataset.python_func(
-        feedback=dsl.Dataset(uri=str(feedback)), train=train, holdout=holdout, stats=stats, reference_data_uri=f"file://{reference}"
+        feedback=dsl.Dataset(uri=str(feedback)), train=train, holdout=holdout, test=test, stats=stats,
+        reference_data_uri=f"file://{reference}", production_model_uri=f"file://{tmp_path / 'no-such-version'}",
     )
+    assert pq.read_table(test.path).num_rows == 14 and stats.metadata["test_carried"] == 0.0
     assert pq.read_table(train.path).num_rows == 51 and pq.read_table(holdout.path).num_rows == 14
     assert stats.metadata["holdout_rows"] == 14.0
+
+
+def test_the_test_set_is_carried_forward_and_never_trains(tmp_path: Path) -> None:
+    reference, feedback = make_inputs(tmp_path)
+    first = core.prepare(reference, feedback, tmp_path / "t1.parquet", tmp_path / "h1.parquet", 0.3, test_out=tmp_path / "test1.parquet")
+    assert not first.test_carried and pq.read_table(tmp_path / "test1.parquet").num_rows == first.holdout_rows
+    # The next version: the stored test set holds rows that came back in this feedback.
+    original = pd.read_parquet(feedback).iloc[:8].assign(label="cat")
+    original_path = write_parquet(original, tmp_path / "original.parquet")
+    split = core.prepare(
+        reference, feedback, tmp_path / "t2.parquet", tmp_path / "h2.parquet", 0.3,
+        test_out=tmp_path / "test2.parquet", original_test=original_path,
+    )
+    train, test = pd.read_parquet(tmp_path / "t2.parquet"), pd.read_parquet(tmp_path / "test2.parquet")
+    assert split.test_carried and list(test["id"]) == list(original["id"])
+    assert not set(train["id"]) & set(test["id"]) and split.train_rows < 51
+
+
+def test_the_leak_check_also_guards_the_test_set() -> None:
+    with pytest.raises(DataError, match="1 rows are in both train and test"):
+        core.assert_disjoint(pd.DataFrame({"id": ["a", "b"]}), pd.DataFrame({"id": ["b"]}), "test")
+
+
+def test_sliding_window_keeps_the_last_days_and_weights_decay_by_half_life(tmp_path: Path) -> None:
+    reference, feedback = make_inputs(tmp_path)
+    split = core.prepare(reference, feedback, tmp_path / "t.parquet", tmp_path / "h.parquet", 0.3, window="sliding", window_days=5)
+    train = pd.read_parquet(tmp_path / "t.parquet")
+    holdout_start = pd.read_parquet(tmp_path / "h.parquet")["created_at"].min()
+    assert split.dropped_by_window == 20 and (train["created_at"] > holdout_start - pd.Timedelta(days=5)).all()
+
+    times = pd.Series(pd.to_datetime(["2026-01-01", "2026-01-11", "2026-01-21"], utc=True))
+    weights = windows.decay_weights(times, half_life_days=10)
+    np.testing.assert_allclose(weights / weights[-1], [0.25, 0.5, 1.0], rtol=1e-6)
+    assert weights.mean() == pytest.approx(1.0)
+    with pytest.raises(SettingsError, match="unknown window 'rolling'"):
+        windows.check("rolling", 1, 1)
+
+
+def test_time_series_split_holds_out_the_newest_rows_of_all_data(tmp_path: Path) -> None:
+    reference, feedback = make_inputs(tmp_path)
+    split = core.prepare(reference, feedback, tmp_path / "t.parquet", tmp_path / "h.parquet", 0.2, split="time_series")
+    train, holdout = pd.read_parquet(tmp_path / "t.parquet"), pd.read_parquet(tmp_path / "h.parquet")
+    assert split.holdout_rows == round(65 * 0.2) and len(train) + len(holdout) == 65
+    assert train["created_at"].max() < holdout["created_at"].min()
+    with pytest.raises(DataError, match="the split looks ahead"):
+        core.assert_time_ordered(holdout, train)
