@@ -195,11 +195,13 @@ class Pseudonymizer:
         missing = distinct.filter(pc.is_null(position))
         if len(missing):
             fresh = pa.array([self.digest(v) for v in missing.to_pylist()], pa.string())
-            if len(self._known) + len(missing) > self._cache_size:  # bounded, whatever the number of users
-                self._known, self._digests = missing, fresh
-            else:
-                self._known = pa.concat_arrays([self._known, missing])
-                self._digests = pa.concat_arrays([self._digests, fresh])
+            if len(self._known) + len(missing) > self._cache_size:
+                # Bounded, whatever the number of users: keep only this batch's ids.
+                digests = pc.replace_with_mask(pc.take(self._digests, position), pc.is_null(position), fresh)
+                self._known, self._digests = distinct, digests
+                return pc.take(digests, encoded.indices)
+            self._known = pa.concat_arrays([self._known, missing])
+            self._digests = pa.concat_arrays([self._digests, fresh])
             position = pc.index_in(distinct, value_set=self._known)
         return pc.take(pc.take(self._digests, position), encoded.indices)
 
