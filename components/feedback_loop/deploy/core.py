@@ -662,14 +662,17 @@ def advance_rollout(
     if state is None:
         return None, [_transition(now, IDLE, "", 0, "nothing deployed yet")]
     transitions: list[Transition] = []
+    # The evidence is about the step that has been serving; a step entered in this call has
+    # none of its own yet (with a zero bake time the schedule moves on on the same verdict).
+    analysis = judge(state, target.observe(state)) if judge is not None and state.canary is not None else None
+    step_verdict = analysis.verdict if analysis else verdict
     while True:
-        analysis = judge(state, target.observe(state)) if judge is not None and state.canary is not None else None
-        step_verdict = analysis.verdict if analysis else verdict
         state, transition = advance(
             state, now, step_verdict, evidence=analysis.reason if analysis else "", max_wait_hours=max_wait_hours
         )
         transitions.append(replace(transition, analysis=analysis))
-        if transition.action != ADVANCED:
+        due = bake_ends_at(state)
+        if transition.action != ADVANCED or (due is not None and now < due):
             break
     if any(t.changed for t in transitions):
         target.write(state)

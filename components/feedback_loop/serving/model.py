@@ -60,7 +60,14 @@ if kserve is not None:
 
 
 def read_lineage(model_dir: Path) -> dict[str, Any]:
+    """lineage.json of a version directory, or of a bare SavedModel directory (KServe's storageUri)
+    where publishing copied it into `<n>/assets.extra/`."""
     path = Path(model_dir) / LINEAGE_FILE
+    if not path.is_file() and not (Path(model_dir) / SAVED_MODEL_DIR).is_dir():
+        try:
+            path = saved_model_path(model_dir) / "assets.extra" / LINEAGE_FILE if path.parent.is_dir() else path
+        except ModelNotFound:
+            pass
     if not path.is_file():
         raise ModelNotFound(f"{path} not found: serve a version directory written by train_model")
     lineage = json.loads(path.read_text())
@@ -73,6 +80,8 @@ def read_lineage(model_dir: Path) -> dict[str, Any]:
 def saved_model_path(model_dir: Path) -> Path:
     """The highest numbered SavedModel under `<model_dir>/saved_model/` (TF Serving's rule)."""
     root = Path(model_dir) / SAVED_MODEL_DIR
+    if not root.is_dir():
+        root = Path(model_dir)  # the SavedModel directory itself (what KServe mounts at /mnt/models)
     numbered = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)) if root.is_dir() else []
     if not numbered:
         raise ModelNotFound(f"{root} holds no numbered SavedModel (e.g. {SAVED_MODEL_DIR}/1/)")
