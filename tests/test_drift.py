@@ -83,6 +83,7 @@ def test_fdr_flags_the_same_features_at_the_benjamini_hochberg_step(shifted: tup
     assert result.threshold == pytest.approx(0.05 * 5 / N_FEATURES)  # the 5th step of alpha * k / n
 
 
+@pytest.mark.slow  # 100 repetitions through Parquet: about 20 s here
 def test_no_shift_rarely_flags_anything(tmp_path: Path) -> None:
     # 100 repetitions through the real Parquet path; the SciPy engine and 2,000 rows keep
     # this around a few seconds (its p-values equal alibi's, see the engine test below).
@@ -636,6 +637,26 @@ def test_prediction_drift_not_tested_without_reference_predictions(tmp_path: Pat
     assert result.metrics()["prediction.tested"] == 0.0
     assert "Prediction drift not tested: no reference_predictions.parquet" in core.write_markdown(result, tmp_path / "s.md").read_text()
     assert result.is_drift  # the input features are still tested
+
+
+def test_image_models_still_get_prediction_drift(tmp_path: Path) -> None:
+    """Raw images have no tabular feature: the model's outputs are then the only early signal."""
+    rng = np.random.default_rng(35)
+    n = 800
+    images = pd.DataFrame({"id": [f"i{k}" for k in range(n)], "pixels": [b"\x00" * 4] * n, "label": rng.choice(["cat", "dog"], n)})
+    validation = pd.DataFrame({"id": images["id"], "label": images["label"], "predicted_label": images["label"], "confidence": rng.beta(9, 1, n)})
+    current = images.assign(predicted_label=rng.choice(["cat", "dog"], n, p=[0.8, 0.2]), confidence=rng.beta(3, 2, n), label=None)
+    ref = write_parquet(images, tmp_path / "training_data.parquet")
+    predictions = write_parquet(validation, tmp_path / "reference_predictions.parquet")
+    result = core.detect(ref, write_parquet(current, tmp_path / "current.parquet"), reference_predictions=predictions, engine="scipy")
+
+    assert not result.tested and not result.is_drift  # input drift: nothing to test
+    assert result.predictions.tested and result.predictions.is_drift
+    assert result.predictions.residual is None
+    assert result.predictions.residual_reason == "0 labelled current rows and 800 reference rows; at least 30 needed on each side"
+    page = core.write_html(result, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Prediction drift" in page and "predicted_label" in page
+    assert "Prediction drift in predicted_label, confidence" in core.write_markdown(result, tmp_path / "s.md").read_text()
 
 
 def test_two_proportions_edge_cases() -> None:

@@ -54,6 +54,7 @@ DEFAULT_MAX_ROWS = 1_000_000
 N_BINS = 20
 MAX_CATEGORIES_SHOWN = 20  # beyond this, the rarest categories are pooled in charts and summaries
 MAX_UNSEEN_LISTED = 50
+HISTOGRAM_SAMPLE = 10_000
 MISSING_RISE = 0.01  # a rise in the missing-value share this large (absolute) is a quality issue
 OUT_OF_RANGE_SHARE = 0.01  # so is this share of current values outside the reference's range
 
@@ -209,7 +210,7 @@ class DriftResult:
     sampled_current: int = 0
     feature_types: dict[str, str] = field(default_factory=dict)  # as declared
     quality: Quality = field(default_factory=Quality)
-    predictions: PredictionDrift = field(default_factory=lambda: PredictionDrift(reason="not tested"))
+    predictions: PredictionDrift = field(default_factory=lambda: PredictionDrift(reason="the drift test did not run"))
 
     @property
     def tested(self) -> bool:
@@ -222,6 +223,11 @@ class DriftResult:
     @property
     def share_drifted(self) -> float:
         return len(self.drifted) / len(self.features) if self.features else 0.0
+
+    @property
+    def has_details(self) -> bool:
+        """Whether anything beyond the verdict line was measured (quality, predictions)."""
+        return self.tested or bool(self.quality.columns) or self.predictions.tested
 
     @property
     def capped(self) -> bool:
@@ -382,8 +388,16 @@ def detect(
     cur_features = [n for n in dataset.feature_columns(cur_schema) if n not in ignored]
     if not ref_features and not cur_features:
         # The image family carries only `pixels`: nothing tabular to test, which is no mismatch.
+        # The model's outputs can still be compared, and are then the only early signal.
+        outputs = [c for c in PREDICTION_COLUMNS if c in cur_schema.names]
+        served = read_sample(current, outputs, max_rows=max_rows, seed=seed + 1, numeric=set()) if outputs else None
+        predictions = _prediction_drift(
+            served.table if served else pa.table({}), reference_predictions, engine=engine, p_value=p_value,
+            correction=correction, max_rows=max_rows, seed=seed, model_version=model_version, min_labelled=min_labelled,
+        )
         result = not_tested(
-            "neither dataset has a tabular feature column (raw image inputs are not tested for drift)", **options
+            "neither dataset has a tabular feature column (raw image inputs are not tested for drift)",
+            predictions=predictions, **options,
         )
         logger.info("%s", verdict(result))
         return result
@@ -801,19 +815,26 @@ def _errors(table: pa.Table) -> tuple[int, int]:
 
 
 def _numeric_histogram(ref: np.ndarray, cur: np.ndarray) -> Histogram:
-    both = np.concatenate([ref, cur])
-    # Tails beyond the 0.5 / 99.5 percentiles fall into the end bins, so one outlier
-    # does not squash the whole chart into a single bar.
-    lo, hi = (float(q) for q in np.quantile(both, [0.005, 0.995]))
+    # Tails beyond the 0.5 / 99.5 percentiles fall into the end bins, so one outlier does
+    # not squash the whole chart into a single bar. The percentiles only place the bins:
+    # an evenly strided subsample of each side (at most HISTOGRAM_SAMPLE values) gives them
+    # at a fraction of the cost of the whole columns; the counts use every value.
+    sample = np.concatenate([ref[:: max(len(ref) // HISTOGRAM_SAMPLE, 1)], cur[:: max(len(cur) // HISTOGRAM_SAMPLE, 1)]])
+    lo, hi = (float(q) for q in np.quantile(sample, [0.005, 0.995]))
     if lo == hi:
-        lo, hi = float(both.min()), float(both.max())
+        lo, hi = float(min(ref.min(), cur.min())), float(max(ref.max(), cur.max()))
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, N_BINS + 1)
-    ref_counts, _ = np.histogram(np.clip(ref, lo, hi), edges)
-    cur_counts, _ = np.histogram(np.clip(cur, lo, hi), edges)
     labels = [f"{a:.4g} – {b:.4g}" for a, b in zip(edges[:-1], edges[1:])]
-    return Histogram(labels, ref_counts.tolist(), cur_counts.tolist(), edges.tolist())
+    return Histogram(labels, _bin_counts(ref, lo, hi).tolist(), _bin_counts(cur, lo, hi).tolist(), edges.tolist())
+
+
+def _bin_counts(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Counts in N_BINS equal bins over [lo, hi], values outside counted in the end bins."""
+    index = (values - lo) * (N_BINS / (hi - lo))
+    np.clip(index, 0, N_BINS - 1, out=index)
+    return np.bincount(index.astype(np.intp), minlength=N_BINS)
 
 
 def _categorical_histogram(categories: np.ndarray, ref_counts: np.ndarray, cur_counts: np.ndarray) -> Histogram:

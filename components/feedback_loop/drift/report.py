@@ -80,7 +80,7 @@ def _strict(value: Any) -> Any:
 def write_markdown(result: DriftResult, path: Path | str, top: int = 10) -> Path:
     """The verdict, the most significant drifted features, predictions and quality, for the KFP UI."""
     lines = [f"**{verdict(result)}**", ""]
-    if result.tested or result.n_current:
+    if result.has_details:
         lines += [f"{sample_line(result)}; engine {result.engine}, significance {result.p_value:g}.", ""]
     drifted = sorted(result.drifted, key=lambda f: f.p_value)
     if drifted:
@@ -94,7 +94,7 @@ def write_markdown(result: DriftResult, path: Path | str, top: int = 10) -> Path
     for f in (f for f in result.ranked() if f.n_unseen):
         unseen = _count(f.n_unseen, "category", "categories")
         lines.append(f"- `{f.name}`: {unseen} unseen in the reference ({', '.join(f.unseen[:5])})")
-    if result.tested or result.n_current:
+    if result.has_details:
         lines += ["", f"**{prediction_line(result.predictions)}**"]
         if result.predictions.tested and result.predictions.residual_reason:
             lines.append(f"Residual drift not tested: {result.predictions.residual_reason}.")
@@ -115,15 +115,15 @@ def write_html(result: DriftResult, path: Path | str) -> Path:
     prediction drift, and per-feature charts (inline SVG), drifted features first."""
     state = "skip" if not result.tested else ("drift" if result.is_drift else "ok")
     body = [f'<header class="verdict {state}"><h1>{e(verdict(result))}</h1>']
-    if result.tested or result.n_current:
-        body.append(
-            f'<p class="sub">{e(sample_line(result))}<br>engine {e(result.engine)} · significance '
-            f"{result.p_value:g} · {e(result.correction)} correction → per-feature threshold {e(_p(result.threshold))}"
-            + (f" · dataset drift when more than {_pct(result.share_threshold)} of features drift" if result.share_threshold else "")
-            + "</p>"
-        )
+    if result.has_details:
+        rule = f"engine {result.engine} · significance {result.p_value:g} · {result.correction} correction"
+        if result.tested:
+            rule += f" → per-feature threshold {_p(result.threshold)}"
+        if result.share_threshold:
+            rule += f" · dataset drift when more than {_pct(result.share_threshold)} of features drift"
+        body.append(f'<p class="sub">{e(sample_line(result))}<br>{e(rule)}</p>')
     body.append("</header>")
-    if result.tested or result.n_current:
+    if result.has_details:
         body.append(_overview(result))
 
     ranked = result.ranked()
@@ -144,7 +144,7 @@ def write_html(result: DriftResult, path: Path | str) -> Path:
     if result.skipped:
         items = "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in result.skipped.items())
         body.append(f'<section><h2>Not tested</h2><ul class="plain">{items}</ul></section>')
-    if result.tested or result.n_current:
+    if result.has_details:
         body.append(_predictions_section(result.predictions))
         body.append(_quality_section(result.quality))
     if ranked:
