@@ -96,6 +96,15 @@ cmd_lock() {
 
 cmd_bench() {
   setup
+  # The tools the benchmarks compare against (the `bench` extra), installed once per pyproject.
+  local bench_stamp="$VENV/.bench-$(sha256sum pyproject.toml | cut -c1-16)"
+  if [ ! -f "$bench_stamp" ]; then
+    say "installing feedback-loop[bench]"
+    "$PY" -m pip install --quiet -e ".[bench]"
+    check_pins
+    rm -f "$VENV"/.bench-*
+    touch "$bench_stamp"
+  fi
   local name="${1:-}"
   if [ -z "$name" ] || [ ! -f "tests/benchmarks/bench_$name.py" ]; then
     echo "error: unknown benchmark '${name}': choose one of: $(ls tests/benchmarks/bench_*.py 2>/dev/null | sed 's|.*/bench_||; s|\.py||' | tr '\n' ' ')" >&2

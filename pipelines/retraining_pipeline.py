@@ -41,6 +41,11 @@ def retraining_pipeline(
     min_positive_rate: float = _default("min_positive_rate"),
     drift_p_value: float = _default("drift_p_value"),
     min_drift_rows: int = _default("min_drift_rows"),
+    drift_correction: str = _default("drift_correction"),
+    drift_engine: str = _default("drift_engine"),
+    drift_share_threshold: float = _default("drift_share_threshold"),
+    drift_max_rows: int = _default("drift_max_rows"),
+    drift_feature_types: dict = _default("drift_feature_types"),
     force: bool = _default("force"),
     epochs: int = _default("epochs"),
     learning_rate: float = _default("learning_rate"),
@@ -68,6 +73,12 @@ def retraining_pipeline(
         reference_uri=rollout.outputs["reference_data_uri"],
         p_value=drift_p_value,
         min_rows=min_drift_rows,
+        correction=drift_correction,
+        engine=drift_engine,
+        share_threshold=drift_share_threshold,
+        max_rows=drift_max_rows,
+        seed=seed,
+        feature_types=drift_feature_types,
     )
 
     decision = _with_database(

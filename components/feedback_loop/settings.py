@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     min_positive_rate: float = Field(0.70, ge=0.0, le=1.0)
     drift_p_value: float = Field(0.05, gt=0.0, lt=1.0)
     min_drift_rows: int = Field(30, ge=2)
+    drift_correction: Literal["bonferroni", "fdr"] = "bonferroni"
+    drift_engine: Literal["alibi", "scipy"] = "alibi"  # scipy: same p-values without alibi-detect's licence
+    drift_share_threshold: float = Field(0.0, ge=0.0, lt=1.0)  # dataset drift when this share of features is exceeded; 0: any
+    drift_max_rows: int = Field(1_000_000, ge=100)  # per side; above it a seeded uniform sample is tested
+    drift_feature_types: dict[str, Literal["numeric", "categorical", "ignore"]] = Field(default_factory=dict)
     force: bool = False
 
     # Training and the evaluation gate.
