@@ -40,8 +40,11 @@ def test_schedule_twice_leaves_one_recurring_run_on_the_newest_version(kfp_serve
     first = kfp_api.schedule(connection(kfp_server), package, ARGS, pipeline_name=PIPELINE, name="nightly")
     assert first.action == "created" and first.enabled
 
-    # Same file again: nothing to re-point, no second version, the same recurring run.
-    again = kfp_api.schedule(connection(kfp_server), package, ARGS, pipeline_name=PIPELINE, name="nightly")
+    # Same file again: nothing to re-point, no second version, the same recurring run; numbers
+    # come back from the server as protobuf Values (48.0 as 48), which is no change either.
+    (stored,) = kfp_server.recurring_runs.values()
+    stored["runtime_config"]["parameters"] = {**ARGS, "bake_hours": [24, 48]}
+    again = kfp_api.schedule(connection(kfp_server), package, {**ARGS, "bake_hours": [24.0, 48.0]}, pipeline_name=PIPELINE, name="nightly")
     assert again.action == "unchanged" and again.recurring_run_id == first.recurring_run_id
 
     # A changed pipeline: a new version, and the schedule now starts it.

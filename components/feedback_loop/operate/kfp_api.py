@@ -255,9 +255,22 @@ def _same(recurring: Any, version_id: str, cron: str, arguments: dict[str, Any],
         and trigger.cron == cron
         and str(recurring.max_concurrency) == "1"
         and bool(recurring.no_catchup)
-        and json.dumps(parameters, sort_keys=True) == json.dumps(arguments, sort_keys=True)
+        and _numbers_as_floats(parameters) == _numbers_as_floats(arguments)
         and (recurring.service_account or "") == (service_account or "")
     )
+
+
+def _numbers_as_floats(value: Any) -> Any:
+    # Parameters travel as protobuf Values: 24.0 may come back as 24, 30 as 30.0.
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _numbers_as_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_numbers_as_floats(v) for v in value]
+    return value
 
 
 def in_flight(kfp_client: Any, connection: Connection, exp_id: str, recurring_run_id: str) -> list[str]:
