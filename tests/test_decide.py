@@ -251,3 +251,19 @@ def test_check_command_decides_without_training(database_url: str, tmp_path: Pat
     with store.connect(database_url) as conn2, conn2.cursor() as cur:
         cur.execute("SELECT count(*) FROM retrain_runs")
         assert cur.fetchone()[0] == 0, "check records nothing"
+
+
+def test_rule_settings_come_from_the_environment_and_are_checked(monkeypatch) -> None:
+    monkeypatch.setenv("RETRAIN_RULES", "user_feedback, input_drift")
+    monkeypatch.setenv("RETRAIN_KEYWORDS", "flou,nul")
+    monkeypatch.setenv("RETRAIN_MAX_ERROR_RATE", "0.1")
+    loaded = load(max_keyword_hits=3)
+    assert loaded.rules == ["user_feedback", "input_drift"] and loaded.keywords == ["flou", "nul"]
+    assert check.policy_of(loaded) == core.Policy(max_error_rate=0.1, max_keyword_hits=3, rules=("user_feedback", "input_drift"))
+    monkeypatch.setenv("RETRAIN_MAX_ERROR_RATE", "1.7")
+    with pytest.raises(SettingsError, match=r"max_error_rate=1.7 \(env RETRAIN_MAX_ERROR_RATE\)"):
+        load()
+    monkeypatch.delenv("RETRAIN_MAX_ERROR_RATE")
+    monkeypatch.setenv("RETRAIN_RULES", "user_feedback,moon_phase")
+    with pytest.raises(SettingsError, match="RETRAIN_RULES"):
+        load()
