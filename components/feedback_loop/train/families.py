@@ -21,6 +21,7 @@ loaded model reads new rows exactly as it read its training rows.
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ import pandas as pd
 
 from feedback_loop.dataset import ID, LABEL, PIXELS, feature_columns
 from feedback_loop.errors import DataError, SettingsError
+
+log = logging.getLogger(__name__)
 
 CLASSIFICATION, REGRESSION, RANKING = "classification", "regression", "ranking"
 IMAGE_CLASSIFIER, TABULAR_CLASSIFIER = "image_classifier", "tabular_classifier"
@@ -408,6 +411,8 @@ def numeric_features(frame: pd.DataFrame) -> list[str]:
     """The numeric feature columns, in file order; other feature columns are left out."""
     candidates = feature_columns(list(frame.columns))
     numeric = [c for c in candidates if pd.api.types.is_numeric_dtype(frame[c])]
+    if skipped := [c for c in candidates if c not in numeric]:
+        log.warning("ignoring non-numeric feature columns: %s", ", ".join(skipped))
     if not numeric:
         raise DataError(f"no numeric feature column to train on (columns: {', '.join(frame.columns)})")
     return numeric
