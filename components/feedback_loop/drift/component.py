@@ -50,7 +50,7 @@ def detect_drift(
         summary: Verdict, the most significant drifted features, prediction drift and quality issues.
         metrics: Share and count of drifted features, p-value and statistic per feature, quality and prediction figures.
         verdict_json: The whole result as JSON, for machines.
-        Whether the input data drifted (the dataset-level verdict).
+        Output: Whether the input data drifted (the dataset-level verdict).
     """
     from feedback_loop import logs
     from feedback_loop.drift import core
