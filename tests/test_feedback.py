@@ -234,6 +234,27 @@ def test_metrics_round_trip_through_kfp_metadata(conn, tmp_path: Path) -> None:
     assert back.metrics() == stats.metrics()
 
 
+def test_parallel_slices_give_the_same_extract_in_one_snapshot(conn, database_url: str, tmp_path: Path) -> None:
+    rows = [(f"p{i:04d}", NOW - 20 * DAY + i * timedelta(hours=1), {"x": float(i), "camera": f"cam-{i % 3}"}, "cat" if i % 2 else "dog",
+             (i % 10) / 10, i % 50 != 0, float(i % 7), f"u{i % 11}") for i in range(480)]
+    answers = [(f"p{i:04d}", NOW - 20 * DAY + i * timedelta(hours=1, minutes=5), i % 3 != 0, None if i % 3 else "cat", "wrong" if i % 6 == 0 else None)
+               for i in range(0, 480, 2)]
+    insert(conn, rows, answers + [("p0002", NOW - DAY, False, "cat", "blurry")])
+    serial = extract(conn, tmp_path)
+    window = core.Window.of("m", 30, now=NOW)
+    opened = []
+
+    def connect():
+        opened.append(store.connect(database_url))
+        return opened[-1]
+
+    parallel = core.extract(conn, window, tmp_path / "parallel.parquet", connect=connect, parallel=4, pseudonymizer=core.Pseudonymizer(KEY))
+    assert len(opened) == 4 and all(c.closed for c in opened)
+    assert parallel == serial
+    assert pq.read_table(tmp_path / "parallel.parquet").equals(pq.read_table(tmp_path / "feedback.parquet"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback.parquet", "parallel.parquet"]
+
+
 def test_since_leaves_out_rows_already_trained_on(conn, tmp_path: Path) -> None:
     insert(conn, [("old", NOW - 5 * DAY, {}, "cat", 0.9, True), ("new", NOW - DAY, {}, "cat", 0.9, True)])
     stats = extract(conn, tmp_path, since=(NOW - 3 * DAY).isoformat())

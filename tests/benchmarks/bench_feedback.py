@@ -3,8 +3,9 @@
 Seeds 1,000,000 predictions, each with feedback (plus a few bad rows of every kind), and
 times, on the same query and the same warm server:
 
-* ours: `feedback.core.extract` (COPY -> CSV -> Parquet, exclusions, HMAC ids, statistics),
-  in a child process so its peak RSS is its own;
+* ours: `feedback.core.extract` as the pipeline runs it (time slices copied at once in one
+  snapshot -> CSV -> Parquet, exclusions, HMAC ids, statistics), in a child process so its
+  peak RSS is its own;
 * COPY (the same query) TO STDOUT into /dev/null;
 * pandas.read_sql of the same query (what users write first).
 
@@ -185,10 +186,11 @@ def child(out: str, now: str) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    conn = store.connect(os.environ["BENCH_DSN"])
+    dsn = os.environ["BENCH_DSN"]
+    conn = store.connect(dsn)
     window = core.Window.of(MODEL, 30, now=datetime.fromisoformat(now))
     started = time.monotonic()
-    stats = core.extract(conn, window, Path(out))
+    stats = core.extract(conn, window, Path(out), connect=lambda: store.connect(dsn), parallel=core.PARALLEL_SLICES)
     seconds = time.monotonic() - started
     conn.close()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -51,7 +51,9 @@ def check(settings: Any, dsn: str | None, now: datetime | None = None, target: A
         current = Path(scratch) / "feedback.parquet"
         conn = store.connect(dsn)
         try:
-            stats = feedback.extract(conn, window, current, options)
+            stats = feedback.extract(
+                conn, window, current, options, connect=lambda: store.connect(dsn), parallel=feedback.PARALLEL_SLICES
+            )
         finally:
             conn.close()
         drifted = drift.run(

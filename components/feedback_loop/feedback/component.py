@@ -62,9 +62,13 @@ def extract_feedback(
         latency_baseline_ms=latency_baseline_ms,
         training_rows=core.training_rows(reference_data_uri),
     )
-    conn = store.connect(os.environ.get("DATABASE_URL"))
+    dsn = os.environ.get("DATABASE_URL")
+    conn = store.connect(dsn)
     try:
-        result = core.extract(conn, core.Window.of(model_name, days_back, since), feedback.path, options)
+        window = core.Window.of(model_name, days_back, since)
+        result = core.extract(
+            conn, window, feedback.path, options, connect=lambda: store.connect(dsn), parallel=core.PARALLEL_SLICES
+        )
     finally:
         conn.close()
     for name, value in result.metrics().items():

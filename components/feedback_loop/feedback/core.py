@@ -19,10 +19,12 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,7 +32,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg2 import sql
 
-from feedback_loop.dataset import write_parquet
 from feedback_loop.errors import SettingsError
 from feedback_loop.feedback.store import Tables
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 HMAC_KEY_ENV = "FEEDBACK_HMAC_KEY"
 DEFAULT_KEYWORDS = ("flou", "mauvais", "incorrect", "wrong", "blurry")
+# Time slices copied at once, each on its own connection: PostgreSQL runs one COPY on one core.
+PARALLEL_SLICES = 4
 # A row stamped later than the window's end by more than this is "in the future" (clock skew).
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -221,8 +224,16 @@ def _feature_types(conn, window: Window, tables: Tables) -> dict[str, str]:
         return {key: ("number" if numeric else "text") for key, numeric in cur.fetchall()}
 
 
-def extract_query(window: Window, features: dict[str, str], options: Options = Options(), tables: Tables = Tables()) -> sql.Composed:
-    """One row per consenting prediction of the window, with its latest feedback and audit columns."""
+def extract_query(
+    window: Window,
+    features: dict[str, str],
+    options: Options = Options(),
+    tables: Tables = Tables(),
+    bounds: tuple[datetime, datetime] | None = None,
+) -> sql.Composed:
+    """One row per consenting prediction of the window (or of `bounds` within it), with its
+    latest feedback and audit columns, in (created_at, id) order."""
+    start, end = bounds or (window.start, window.end)
     feature_columns = [
         sql.SQL("(p.features->>{key})::{cast} AS {name}").format(
             key=sql.Literal(key),
@@ -281,8 +292,8 @@ def extract_query(window: Window, features: dict[str, str], options: Options = O
         answer_unknown=_unknown(known, sql.SQL("a.answer")),
         label_unknown=_unknown(known, sql.SQL("l.label")),
         model=sql.Literal(window.model_name),
-        start=sql.Literal(window.start),
-        end=sql.Literal(window.end),
+        start=sql.Literal(start),
+        end=sql.Literal(end),
         horizon=sql.Literal(window.horizon),
     )
 
@@ -326,16 +337,21 @@ def extract(
     options: Options = Options(),
     tables: Tables = Tables(),
     pseudonymizer: Pseudonymizer | None = None,
+    connect: Callable[[], Any] | None = None,
+    parallel: int = 1,
 ) -> FeedbackStats:
     """Writes the window to `out_path` (Parquet, whole or not at all) and returns its statistics.
 
     The counts and the rows come from one snapshot (a read-only repeatable-read transaction),
-    so the excluded rows and the extract always add up.
+    so the excluded rows and the extract always add up. With `connect` (opens a connection)
+    and `parallel` > 1, that many consecutive time slices are copied at once on their own
+    connections, all in the same exported snapshot; they are converted in order as they land.
     """
     started = time.monotonic()
     pseudonymizer = pseudonymizer or Pseudonymizer.from_env()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    slices = max(1, parallel) if connect is not None else 1
     conn.rollback()  # set_session needs no transaction open
     conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
     try:
@@ -344,18 +360,31 @@ def extract(
             schema = pa.schema(
                 BASE_COLUMNS + _AUDIT_COLUMNS + [(k, pa.float64() if t == "number" else pa.string()) for k, t in features.items()]
             )
-            query = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)").format(
-                extract_query(window, features, options, tables)
-            )
-            csv_path = Path(scratch) / "extract.csv"
-            with conn.cursor() as cur:
-                with open(csv_path, "w", newline="") as handle:
-                    cur.copy_expert(query.as_string(conn), handle)
-                cur.execute(_counts_query(window, tables))
-                no_consent, future, orphans = cur.fetchone()
+            queries = [
+                sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)")
+                .format(extract_query(window, features, options, tables, bounds))
+                .as_string(conn)
+                for bounds in _slices(window, slices)
+            ]
+            parts = [Path(scratch) / f"part-{i:03d}.csv" for i in range(len(queries))]
             accumulator = _Accumulator(window, options)
             staged = Path(scratch) / "extract.parquet"
-            _csv_to_parquet(csv_path, schema, staged, accumulator, pseudonymizer)
+            with conn.cursor() as cur:
+                if slices == 1:
+                    _copy(cur, queries[0], parts[0])
+                    _csv_to_parquet(parts, schema, staged, accumulator, pseudonymizer)
+                else:
+                    cur.execute("SELECT pg_export_snapshot()")
+                    snapshot = cur.fetchone()[0]
+                    with ThreadPoolExecutor(slices, thread_name_prefix="copy") as pool:
+                        copies = [pool.submit(_copy_in_snapshot, connect, snapshot, q, p) for q, p in zip(queries, parts)]
+                        try:
+                            _csv_to_parquet(_in_order(copies, parts), schema, staged, accumulator, pseudonymizer)
+                        except BaseException:
+                            pool.shutdown(cancel_futures=True)
+                            raise
+                cur.execute(_counts_query(window, tables))
+                no_consent, future, orphans = cur.fetchone()
             os.replace(staged, out_path)
     finally:
         conn.set_session(isolation_level="DEFAULT", readonly="DEFAULT")
@@ -366,32 +395,61 @@ def extract(
     elapsed = time.monotonic() - started
     dropped = ", ".join(f"{n} {reason}" for reason, n in stats.excluded.items() if n) or "none"
     log.info(
-        "extracted %d rows (%d with feedback) in %.1f s (%.0f rows/s); excluded: %s",
-        stats.rows, stats.feedback_count, elapsed, stats.rows / max(elapsed, 1e-9), dropped,
+        "extracted %d rows (%d with feedback) in %.1f s (%.0f rows/s, %d slice(s)); excluded: %s",
+        stats.rows, stats.feedback_count, elapsed, stats.rows / max(elapsed, 1e-9), slices, dropped,
     )
     return stats
 
 
-def _csv_to_parquet(csv_path: Path, schema: pa.Schema, parquet_path: Path, accumulator: "_Accumulator", pseudonymizer: Pseudonymizer) -> int:
+def _slices(window: Window, n: int) -> list[tuple[datetime, datetime]]:
+    """`n` consecutive, equally long time slices covering the window."""
+    step = (window.end - window.start) / n
+    bounds = [window.start + i * step for i in range(n)] + [window.end]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _copy(cur, query: str, path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        cur.copy_expert(query, handle)
+
+
+def _copy_in_snapshot(connect: Callable[[], Any], snapshot: str, query: str, path: Path) -> None:
+    conn = connect()
+    try:
+        conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        with conn, conn.cursor() as cur:
+            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+            _copy(cur, query, path)
+    finally:
+        conn.close()
+
+
+def _in_order(copies: list[Future], parts: list[Path]) -> Iterator[Path]:
+    for copy, part in zip(copies, parts):
+        copy.result()  # re-raises a slice's error
+        yield part
+
+
+def _csv_to_parquet(
+    csv_paths: Iterable[Path], schema: pa.Schema, parquet_path: Path, accumulator: "_Accumulator", pseudonymizer: Pseudonymizer
+) -> int:
     keep = [name for name in schema.names if name not in {c for c, _ in _AUDIT_COLUMNS}]
     out_schema = pa.schema([schema.field(name) for name in keep])
-    if csv_path.stat().st_size == 0:
-        write_parquet(out_schema.empty_table(), parquet_path)
-        return 0
     convert = pacsv.ConvertOptions(column_types=schema, strings_can_be_null=True, true_values=["t"], false_values=["f"])
-    reader = pacsv.open_csv(csv_path, convert_options=convert, read_options=pacsv.ReadOptions(block_size=8 << 20))
-    rows = 0
     # Dictionary encoding only pays on repeated values: not on ids and digests.
-    unique = {"id", "user_id", "input_uri"}
-    dictionary = [name for name in keep if name not in unique]
+    dictionary = [name for name in keep if name not in {"id", "user_id", "input_uri"}]
+    rows = 0
     with pq.ParquetWriter(parquet_path, out_schema, use_dictionary=dictionary) as writer:
-        for batch in reader:
-            kept = accumulator.add(batch)
-            if kept.num_rows == 0:
-                continue
-            columns = [pseudonymizer.apply(kept.column(n)) if n == "user_id" else kept.column(n) for n in keep]
-            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=out_schema))
-            rows += kept.num_rows
+        for csv_path in csv_paths:
+            reader = pacsv.open_csv(csv_path, convert_options=convert, read_options=pacsv.ReadOptions(block_size=8 << 20))
+            for batch in reader:
+                kept = accumulator.add(batch)
+                if kept.num_rows == 0:
+                    continue
+                columns = [pseudonymizer.apply(kept.column(n)) if n == "user_id" else kept.column(n) for n in keep]
+                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=out_schema))
+                rows += kept.num_rows
+            csv_path.unlink()  # disk bounded by the slices still in flight
     return rows
 
 
