@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -63,13 +64,19 @@ class ModelServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
         cli = [sys.executable, "-m", "feedback_loop.cli", "serve", str(model_dir), "--name", name, "--host", "127.0.0.1", "--port", str(self.port)]
-        self.process = subprocess.Popen(cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # A file, not a pipe: nobody reads a pipe while the server runs, and a full one blocks it.
+        self.log = tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(cli, env=env, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
 
     def wait_ready(self, timeout: float = 90.0) -> ModelServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"model server exited ({self.process.returncode}):\n{self.process.stdout.read()}")
+                raise RuntimeError(f"model server exited ({self.process.returncode}):\n{self.output()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}/v2/models/{self.name}/ready", timeout=1) as answer:
                     if answer.status == 200:
@@ -87,7 +94,7 @@ class ModelServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        return self.process.stdout.read() if self.process.stdout else ""
+        return self.output()
 
     def __enter__(self) -> ModelServerProcess:
         return self.wait_ready()
