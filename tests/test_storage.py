@@ -1,0 +1,119 @@
+"""The model store's gs:// path with the real google-cloud-storage client against
+gcp-storage-emulator on 127.0.0.1, and its file:// twin."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serving_helpers import free_port
+
+from feedback_loop import storage
+from feedback_loop.deploy import core
+
+BUCKET = "models"
+
+
+@pytest.fixture
+def gcs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    server_module = pytest.importorskip("gcp_storage_emulator.server", reason="needs gcp-storage-emulator")
+    port = free_port()
+    server = server_module.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")  # the scheme is required
+    storage._gcs_client.cache_clear()
+    try:
+        yield storage._gcs_client()
+    finally:
+        storage._gcs_client.cache_clear()
+        server.stop()
+
+
+def version_dir(root: Path, version: str) -> Path:
+    model_dir = root / version
+    (model_dir / "saved_model" / "1" / "variables").mkdir(parents=True)
+    (model_dir / "saved_model" / "1" / "saved_model.pb").write_bytes(b"graph")
+    (model_dir / "saved_model" / "1" / "variables" / "variables.index").write_bytes(b"index")
+    (model_dir / "lineage.json").write_text(json.dumps({"version": version}))
+    return model_dir
+
+
+def test_objects_round_trip(gcs: Any) -> None:
+    uri = f"gs://{BUCKET}/m/rollout.json"
+    assert not storage.exists(uri)
+    storage.write_bytes(uri, b'{"a": 1}')
+    assert storage.exists(uri) and storage.read_bytes(uri) == b'{"a": 1}'
+    assert gcs.bucket(BUCKET).blob("m/rollout.json").download_as_bytes() == b'{"a": 1}'  # what another client sees
+
+
+def test_publish_to_gcs_writes_the_marker_last(gcs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.cloud.storage import Blob
+
+    version_uri = f"gs://{BUCKET}/store/cats-vs-dogs/v1"
+    uploaded: list[str] = []
+    seen_complete: list[bool] = []
+    upload_from_filename, upload_from_string = Blob.upload_from_filename, Blob.upload_from_string
+
+    def watch(original: Any) -> Any:
+        def upload(self: Blob, *args: Any, **kwargs: Any) -> Any:
+            seen_complete.append(storage.is_complete(version_uri))  # what a reader sees before each object lands
+            result = original(self, *args, **kwargs)
+            uploaded.append(self.name)
+            return result
+        return upload
+
+    monkeypatch.setattr(Blob, "upload_from_filename", watch(upload_from_filename))
+    monkeypatch.setattr(Blob, "upload_from_string", watch(upload_from_string))
+    release = core.publish(version_dir(tmp_path, "v1"), f"gs://{BUCKET}/store", "cats-vs-dogs", "v1", {"drift.md": "# drift"})
+
+    assert release.uri == version_uri and release.storage_uri == f"{version_uri}/saved_model"
+    assert uploaded[-1] == "store/cats-vs-dogs/v1/_COMPLETE" and len(uploaded) >= 5
+    assert seen_complete and not any(seen_complete)  # no reader saw a complete version before the marker
+    assert storage.is_complete(version_uri)
+    names = {b.name for b in gcs.list_blobs(BUCKET, prefix="store/cats-vs-dogs/v1/")}
+    assert {"store/cats-vs-dogs/v1/saved_model/1/saved_model.pb", "store/cats-vs-dogs/v1/saved_model/1/assets.extra/lineage.json",
+            "store/cats-vs-dogs/v1/evidence/drift.md", "store/cats-vs-dogs/v1/lineage.json"} <= names
+    assert storage.list_dirs(f"gs://{BUCKET}/store/cats-vs-dogs") == ["v1"]
+
+    copied = storage.download_dir(f"{version_uri}/saved_model", tmp_path / "download")
+    assert (copied / "1" / "variables" / "variables.index").read_bytes() == b"index"
+    assert core.read_lineage(version_uri)["version"] == "v1"
+
+    uploaded.clear()
+    core.publish(version_dir(tmp_path / "again", "v1"), f"gs://{BUCKET}/store", "cats-vs-dogs", "v1")
+    assert uploaded == []  # a complete version is left alone
+
+
+def test_an_interrupted_gcs_upload_is_not_a_version(gcs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.cloud.storage import Blob
+
+    calls = {"n": 0}
+    original = Blob.upload_from_filename
+
+    def flaky(self: Blob, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ConnectionError("network gone")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Blob, "upload_from_filename", flaky)
+    with pytest.raises(ConnectionError):
+        core.publish(version_dir(tmp_path, "v2"), f"gs://{BUCKET}/store", "m", "v2")
+    uri = f"gs://{BUCKET}/store/m/v2"
+    assert len(list(gcs.list_blobs(BUCKET, prefix="store/m/v2/"))) == 1  # one object landed before the failure
+    assert not storage.is_complete(uri)
+    monkeypatch.setattr(Blob, "upload_from_filename", original)
+    core.publish(version_dir(tmp_path / "retry", "v2"), f"gs://{BUCKET}/store", "m", "v2")  # the retry completes it
+    assert storage.is_complete(uri)
+
+
+def test_file_store_is_complete_or_absent(tmp_path: Path) -> None:
+    release = core.publish(version_dir(tmp_path, "v1"), str(tmp_path / "store"), "m", "v1")
+    path = storage.local_path(release.uri)
+    assert (path / storage.COMPLETE_MARKER).exists()
+    assert (path / "saved_model" / "1" / "assets.extra" / "lineage.json").exists()
+    assert [p.name for p in path.parent.iterdir()] == ["v1"]  # no staging directory left
