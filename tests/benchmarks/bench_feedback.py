@@ -182,6 +182,16 @@ def extract_in_child(dsn: str, now: datetime, out: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Not getrusage's ru_maxrss: Linux keeps it across execve, so a
+    child would report its parent's peak; VmHWM belongs to the new address space only."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
+
+
 def child(out: str, now: str) -> None:
     import logging
 
@@ -193,7 +203,7 @@ def child(out: str, now: str) -> None:
     stats = core.extract(conn, window, Path(out), connect=lambda: store.connect(dsn), parallel=core.PARALLEL_SLICES)
     seconds = time.monotonic() - started
     conn.close()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_mb = _peak_rss_mb()
     print(json.dumps({"seconds": seconds, "rows": stats.rows, "peak_rss_mb": round(peak_mb, 1), "excluded": stats.excluded}))
 
 

@@ -41,6 +41,8 @@ HMAC_KEY_ENV = "FEEDBACK_HMAC_KEY"
 DEFAULT_KEYWORDS = ("flou", "mauvais", "incorrect", "wrong", "blurry")
 # Time slices copied at once, each on its own connection: PostgreSQL runs one COPY on one core.
 PARALLEL_SLICES = 4
+CSV_BLOCK_BYTES = 1 << 20
+ROW_GROUP_ROWS = 65_536
 # A row stamped later than the window's end by more than this is "in the future" (clock skew).
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -438,18 +440,27 @@ def _csv_to_parquet(
     convert = pacsv.ConvertOptions(column_types=schema, strings_can_be_null=True, true_values=["t"], false_values=["f"])
     # Dictionary encoding only pays on repeated values: not on ids and digests.
     dictionary = [name for name in keep if name not in {"id", "user_id", "input_uri"}]
-    rows = 0
+    # The CSV reader reads ahead a number of blocks: small blocks keep memory flat. Batches are
+    # gathered into row groups of ROW_GROUP_ROWS, so readers of the Parquet file are not slowed.
+    read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES)
+    rows, pending, pending_rows = 0, [], 0
     with pq.ParquetWriter(parquet_path, out_schema, use_dictionary=dictionary) as writer:
         for csv_path in csv_paths:
-            reader = pacsv.open_csv(csv_path, convert_options=convert, read_options=pacsv.ReadOptions(block_size=8 << 20))
-            for batch in reader:
-                kept = accumulator.add(batch)
-                if kept.num_rows == 0:
-                    continue
-                columns = [pseudonymizer.apply(kept.column(n)) if n == "user_id" else kept.column(n) for n in keep]
-                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=out_schema))
-                rows += kept.num_rows
+            with open(csv_path, "rb") as handle:
+                for batch in pacsv.open_csv(handle, convert_options=convert, read_options=read):
+                    kept = accumulator.add(batch)
+                    if kept.num_rows == 0:
+                        continue
+                    columns = [pseudonymizer.apply(kept.column(n)) if n == "user_id" else kept.column(n) for n in keep]
+                    pending.append(pa.RecordBatch.from_arrays(columns, schema=out_schema))
+                    pending_rows += kept.num_rows
+                    if pending_rows >= ROW_GROUP_ROWS:
+                        writer.write_table(pa.Table.from_batches(pending), row_group_size=pending_rows)
+                        rows, pending, pending_rows = rows + pending_rows, [], 0
             csv_path.unlink()  # disk bounded by the slices still in flight
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending), row_group_size=pending_rows)
+            rows += pending_rows
     return rows
 
 
