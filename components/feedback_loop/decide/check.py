@@ -63,6 +63,10 @@ def check(settings: Any, dsn: str | None, now: datetime | None = None, target: A
             min_rows=settings.min_drift_rows,
             correction=settings.drift_correction,
             engine=settings.drift_engine,
+            share_threshold=settings.drift_share_threshold,
+            max_rows=settings.drift_max_rows,
+            seed=settings.seed,
+            feature_types=settings.drift_feature_types,
         )
     is_drift = bool(drifted.is_drift)
     signals = core.Signals.from_metrics(
