@@ -41,7 +41,10 @@ def test_graph_gates_gpu_secrets_and_caching() -> None:
     assert dag["condition-1"]["triggerPolicy"]["condition"].endswith("decide-retrain-Output'] == true")
     inner = pipeline["components"]["comp-condition-1"]["dag"]["tasks"]
     assert {"prepare-dataset", "train-model", "evaluate-model", "condition-2"} <= set(inner)
-    assert "deploy-canary" in pipeline["components"]["comp-condition-2"]["dag"]["tasks"]
+    # blessed → publish (skipped by a dry run) → deploy.
+    publish = pipeline["components"]["comp-condition-2"]["dag"]["tasks"]["condition-3"]
+    assert publish["triggerPolicy"]["condition"].endswith("dry_run'] == false")
+    assert "deploy-canary" in pipeline["components"]["comp-condition-3"]["dag"]["tasks"]
     # The training task asks for a GPU.
     train = pipeline["deploymentSpec"]["executors"]["exec-train-model"]["container"]
     assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
@@ -50,11 +53,13 @@ def test_graph_gates_gpu_secrets_and_caching() -> None:
     for task in ("exec-extract-feedback", "exec-advance-rollout", "exec-decide-retrain", "exec-deploy-canary"):
         (secret,) = executors[task]["secretAsEnv"]
         assert secret["secretName"] == "feedback-loop-db" and secret["keyToEnv"][0]["envVar"] == "DATABASE_URL"
-    assert "exec-train-model" not in executors
+    # The training task gets no secret; its node selector and tolerations are run-time parameters.
+    assert "secretAsEnv" not in executors["exec-train-model"]
+    assert executors["exec-train-model"]["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("node_selector")
     # Results that depend on the clock are never cached.
     for task in ("advance-rollout", "extract-feedback", "decide-retrain"):
         assert dag[task]["cachingOptions"] == {}, task
-    assert pipeline["components"]["comp-condition-2"]["dag"]["tasks"]["deploy-canary"]["cachingOptions"] == {}
+    assert pipeline["components"]["comp-condition-3"]["dag"]["tasks"]["deploy-canary"]["cachingOptions"] == {}
 
 
 def test_pipeline_parameters_are_the_settings() -> None:

@@ -63,7 +63,15 @@ def pipeline_arguments(settings: Settings) -> dict[str, Any]:
 @main.command()
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Where to write the YAML.")
 @click.option("--registry", default=None, help="Container registry of the component images (default ghcr.io/feedback-loop).")
-def compile(output: Path | None, registry: str | None) -> None:  # noqa: A001 (the command's name)
+@click.option(
+    "--accelerator-type",
+    default=None,
+    help="Kubernetes resource of the training task's accelerator (default nvidia.com/gpu), e.g. amd.com/gpu.",
+)
+@click.option("--accelerator-count", type=click.IntRange(0), default=None, help="Accelerators for the training task (default 1).")
+def compile(  # noqa: A001 (the command's name)
+    output: Path | None, registry: str | None, accelerator_type: str | None = None, accelerator_count: int | None = None
+) -> None:
     """Compile the retraining pipeline to YAML (deterministic: same code, same bytes)."""
     from kfp import compiler
 
@@ -77,6 +85,18 @@ def compile(output: Path | None, registry: str | None) -> None:  # noqa: A001 (t
         compiler.Compiler().compile(retraining_pipeline, str(staged))
         if registry:
             staged.write_text(staged.read_text().replace(f"{DEFAULT_REGISTRY}/", f"{registry.rstrip('/')}/"))
+        if accelerator_type:
+            # A compile-time value: the pipeline names nvidia.com/gpu, as `type` and `resourceType`.
+            text = staged.read_text()
+            for key in ("type", "resourceType"):
+                text = text.replace(f" {key}: nvidia.com/gpu\n", f" {key}: {accelerator_type}\n")
+            staged.write_text(text)
+        if accelerator_count is not None:
+            # The training task is the only one with an accelerator: its count is written twice.
+            text = staged.read_text()
+            for key in ("count", "resourceCount"):
+                text = text.replace(f"            {key}: '1'\n", f"            {key}: '{accelerator_count}'\n")
+            staged.write_text(text)
         shutil.move(staged, output)
     click.echo(f"wrote {output}")
 
@@ -85,8 +105,9 @@ def compile(output: Path | None, registry: str | None) -> None:  # noqa: A001 (t
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("local_outputs"), show_default=True)
 @click.option("--fresh", is_flag=True, help="Forget earlier demo runs: new database, model store and traffic.")
 @click.option("--force", is_flag=True, default=None, help="Retrain whatever the signals say.")
+@click.option("--dry-run", is_flag=True, default=None, help="Train and evaluate, but neither publish nor deploy.")
 @click.pass_context
-def demo(ctx: click.Context, workdir: Path, fresh: bool, force: bool | None) -> None:
+def demo(ctx: click.Context, workdir: Path, fresh: bool, force: bool | None, dry_run: bool | None) -> None:
     """Run the cats-vs-dogs loop on this machine (embedded PostgreSQL, kfp.local)."""
     from feedback_loop import local
     from feedback_loop.demo import scenario
@@ -96,7 +117,9 @@ def demo(ctx: click.Context, workdir: Path, fresh: bool, force: bool | None) -> 
     if fresh:
         for part in ("postgres", "model-store", "inputs", "runs"):
             shutil.rmtree(workdir / part, ignore_errors=True)
-    settings = _settings(ctx, deploy_target="local", model_store_uri=storage.normalize(str(workdir / "model-store")), force=force)
+    settings = _settings(
+        ctx, deploy_target="local", model_store_uri=storage.normalize(str(workdir / "model-store")), force=force, dry_run=dry_run
+    )
     started = datetime.now(timezone.utc)
     with local.database(workdir / "postgres") as dsn:
         conn = store.connect(dsn)
@@ -115,6 +138,7 @@ def demo(ctx: click.Context, workdir: Path, fresh: bool, force: bool | None) -> 
         import os
 
         os.environ["DATABASE_URL"] = dsn  # what the Secret does on a cluster
+        os.environ.setdefault("FEEDBACK_HMAC_KEY", _local_hmac_key(workdir / "hmac-key"))
         run_dir = local.run_pipeline(workdir / "runs", pipeline_arguments(settings))
     summary = local.summarize(run_dir)
     summary["wall_seconds"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
@@ -142,8 +166,59 @@ def history(ctx: click.Context, limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
+    if not rows:
+        click.echo(f"no decision recorded yet for {settings.model_name}")
+        return
+    click.echo(f"{'started (UTC)':<17}  {'decision':<10}  {'feedback':>8}  {'negative':>8}  {'drift':<5}  {'run':<40}  reasons")
     for row in rows:
-        click.echo(f"{row['started_at']:%Y-%m-%d %H:%M}  {'retrain   ' if row['retrain'] else 'no retrain'}  {'; '.join(row['reasons'])}")
+        stats = row["stats"] or {}
+        click.echo(
+            f"{row['started_at'].astimezone(timezone.utc):%Y-%m-%d %H:%M}  {'retrain' if row['retrain'] else 'no retrain':<10}  "
+            f"{stats.get('feedback_count', ''):>8}  {stats.get('negative_count', ''):>8}  {'yes' if stats.get('is_drift') else 'no':<5}  "
+            f"{(row['run_name'] or '-')[:40]:<40}  {'; '.join(row['reasons'])}"
+        )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@click.option("--force", is_flag=True, default=None, help="Decide as a forced run would.")
+@click.pass_context
+def check(ctx: click.Context, as_json: bool, force: bool | None) -> None:
+    """Compute the retrain decision now, without training (exit 0 whichever it is; needs DATABASE_URL)."""
+    from feedback_loop.decide import check as checking
+
+    settings = _settings(ctx, force=force)
+    result = checking.check(settings, settings.database_url.get_secret_value() if settings.database_url else None)
+    click.echo(json.dumps(result, indent=2, default=str) if as_json else checking.render(result))
+
+
+@main.command()
+@click.option("--retention-days", type=click.IntRange(min=1), default=None, help="Keep this many days (setting retention_days, default 180).")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.pass_context
+def purge(ctx: click.Context, retention_days: int | None, dry_run: bool) -> None:
+    """Delete predictions and feedback older than the retention period (needs DATABASE_URL)."""
+    from feedback_loop.feedback import store
+
+    settings = _settings(ctx, retention_days=retention_days)
+    conn = store.connect(settings.database_url.get_secret_value() if settings.database_url else None)
+    try:
+        counts = store.purge(conn, settings.retention_days, dry_run=dry_run)
+    finally:
+        conn.close()
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {counts['predictions']} predictions and {counts['feedback']} feedback rows older than {settings.retention_days} days")
+
+
+def _local_hmac_key(path: Path) -> str:
+    """A key for local runs, made once and kept beside the demo's database (mode 600)."""
+    import secrets
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 @main.command("render-isvc")
@@ -181,13 +256,16 @@ def _kfp_options(command: Any) -> Any:
 @main.command()
 @_kfp_options
 @click.option("--run-name", default=None, help="Name of the run in the UI.")
+@click.option("--force", is_flag=True, default=None, help="Retrain whatever the signals say.")
+@click.option("--dry-run", is_flag=True, default=None, help="Train and evaluate, but neither publish nor deploy.")
 @click.pass_context
-def submit(ctx: click.Context, host, kfp_namespace, token, package, experiment, run_service_account, run_name) -> None:  # noqa: ANN001
+def submit(ctx: click.Context, host, kfp_namespace, token, package, experiment, run_service_account, run_name,  # noqa: ANN001
+           force=None, dry_run=None) -> None:  # noqa: ANN001
     """Start one run of the pipeline on Kubeflow (settings become its parameters)."""
     from feedback_loop import local
     from feedback_loop.operate import kfp_api
 
-    arguments = kfp_api.check_cluster_arguments(pipeline_arguments(_settings(ctx)))
+    arguments = kfp_api.check_cluster_arguments(pipeline_arguments(_settings(ctx, force=force, dry_run=dry_run)))
     connection = kfp_api.Connection.from_env(host, kfp_namespace, token)
     run_id, name = kfp_api.submit(connection, package or local.PIPELINE_YAML, arguments, experiment=experiment,
                                   run_name=run_name, service_account=run_service_account)

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from feedback_loop.errors import SettingsError
 
 ENV_PREFIX = "RETRAIN_"
+RULE_NAMES = ("user_feedback", "error_rate", "latency", "keywords", "new_data", "input_drift", "model_age")
+RuleName = Literal["user_feedback", "error_rate", "latency", "keywords", "new_data", "input_drift", "model_age"]
 
 
 class Settings(BaseSettings):
@@ -39,6 +41,19 @@ class Settings(BaseSettings):
     drift_max_rows: int = Field(1_000_000, ge=100)  # per side; above it a seeded uniform sample is tested
     drift_feature_types: dict[str, Literal["numeric", "categorical", "ignore"]] = Field(default_factory=dict)
     force: bool = False
+    # The other retrain rules; `rules` lists the enabled ones, e.g. RETRAIN_RULES=user_feedback,input_drift.
+    rules: Annotated[list[RuleName], NoDecode] = Field(default_factory=lambda: list(RULE_NAMES))
+    max_error_rate: float = Field(0.05, ge=0.0, le=1.0)
+    error_rate_days: int = Field(7, ge=1, le=365)
+    max_recent_latency_ratio: float = Field(1.5, gt=0.0)  # mean of the last 50 served vs the baseline
+    latency_baseline_ms: float = Field(0.0, ge=0.0)  # 0: the window's earlier predictions
+    keywords: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["flou", "mauvais", "incorrect", "wrong", "blurry"])
+    max_keyword_hits: int = Field(10, ge=0)
+    min_new_data_share: float = Field(0.20, ge=0.0)
+    max_model_age_days: float = Field(90.0, gt=0.0)
+    known_labels: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any non-blank label
+    dry_run: bool = False  # train and evaluate, but neither publish nor deploy
+    retention_days: int = Field(180, ge=1)  # `feedback-loop purge` deletes older rows
 
     # Training and the evaluation gate.
     epochs: int = Field(8, ge=1, le=1000)
@@ -48,12 +63,43 @@ class Settings(BaseSettings):
     min_improvement: float = Field(0.02, ge=0.0)
     seed: int = 42
 
+    # Model family, training strategy, data window and split.
+    family: str = Field(
+        "auto",
+        pattern=r"^(auto|image_classifier|tabular_classifier|tabular_regressor|recommender|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+    )
+    strategy: Literal["auto", "scratch", "fine_tune"] = "auto"
+    auto_drift_share: float = Field(0.5, ge=0.0, le=1.0)  # auto: from scratch when this share of features drifted
+    auto_new_data_fraction: float = Field(0.5, ge=0.0, le=1.0)  # ...or this share of rows is new to production
+    window: Literal["expanding", "sliding", "weighted"] = "expanding"
+    window_days: float = Field(90.0, gt=0.0)  # sliding window length
+    half_life_days: float = Field(30.0, gt=0.0)  # weighted window: a row this old counts half
+    split: Literal["recent_feedback", "time_series"] = "recent_feedback"
+    # Training hardware (accelerator type and count are compile options).
+    mixed_precision: bool = False
+    xla: bool = False
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    # Evaluation gates beside min_improvement.
+    max_test_regression: float = Field(0.01, ge=0.0, le=1.0)  # points lost on the original test set
+    max_latency_ratio: float = Field(1.5, ge=0.0)  # candidate / production p95; 0: off
+    require_significant: bool = False  # the improvement's bootstrap CI must exclude 0
+    confidence_level: float = Field(0.95, gt=0.5, lt=1.0)
+    top_k: int = Field(10, ge=1)  # recommenders: precision@k, recall@k
+
     # Rollout.
     deploy_target: Literal["local", "kserve"] = "kserve"
     namespace: str = "default"
     service_account: str = ""
     rollout_steps: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [10, 50, 100])
     bake_hours: Annotated[list[float], NoDecode] = Field(default_factory=lambda: [24.0, 48.0])
+    # Canary analysis (deploy/analysis.py): Prometheus when its URL is set, feedback per version from DATABASE_URL.
+    prometheus_url: str = ""
+    canary_metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)  # {}: Knative's request metrics
+    min_feedback_samples: int = Field(50, ge=0)
+    feedback_alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    ready_timeout_minutes: float = Field(30.0, gt=0.0)
+    max_wait_hours: float = Field(24.0, ge=0.0)
 
     # Housekeeping.
     cleanup: bool = False
@@ -68,12 +114,12 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("rollout_steps", "bake_hours", mode="before")
+    @field_validator("rollout_steps", "bake_hours", "rules", "keywords", "known_labels", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         # RETRAIN_ROLLOUT_STEPS=10,50,100 reads better than a JSON list in a shell.
         if isinstance(value, str) and not value.strip().startswith("["):
-            return [part for part in value.split(",") if part.strip()]
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @model_validator(mode="after")
