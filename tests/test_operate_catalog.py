@@ -70,11 +70,7 @@ def test_every_output_is_documented() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="decide_retrain does not call logs.setup() yet"))
-        if n == "decide_retrain" else n
-        for n in sorted(COMPONENTS)
-    ],
+    sorted(COMPONENTS),
 )
 def test_every_component_sets_up_logging(name: str) -> None:
     # logs.setup() is what makes RETRAIN_LOG_LEVEL count inside the task's process.

@@ -48,10 +48,13 @@ def decide_retrain(
             figures); the whole decision in its metadata.
         Output: Whether the pipeline goes on to train.
     """
+    import logging
     import os
 
+    from feedback_loop import logs
     from feedback_loop.decide import core
 
+    logs.setup()
     signals = core.Signals.from_metrics(stats.metadata, is_drift=is_drift, rollout_in_progress=rollout_in_progress, force=force)
     policy = core.Policy(
         min_feedback=min_feedback,
@@ -68,7 +71,7 @@ def decide_retrain(
     with open(decision.path, "w") as handle:
         handle.write(result.to_markdown())
     decision.metadata["decision"] = result.to_dict()
-    print(f"retrain: {result.retrain}; " + "; ".join(result.reasons))
+    logging.getLogger("feedback_loop.decide").info("retrain: %s; %s", result.retrain, "; ".join(result.reasons))
     if os.environ.get("DATABASE_URL"):
         core.record(os.environ["DATABASE_URL"], model_name, run_name, signals, result)
     return result.retrain
