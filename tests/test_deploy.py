@@ -16,7 +16,6 @@ from typing import Any
 import jsonschema
 from jsonschema.protocols import Validator
 import pytest
-import yaml
 from kfp.dsl import Markdown, Model
 from kubernetes.client.exceptions import ApiException
 

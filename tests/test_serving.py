@@ -3,7 +3,6 @@ called with plain JSON (v1 and v2) and with tritonclient[http] (v2, JSON and bin
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys

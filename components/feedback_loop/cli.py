@@ -7,12 +7,14 @@ unless --log-level DEBUG.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,22 @@ def _settings(ctx: click.Context, **flags: Any) -> Settings:
     settings = load(ctx.obj["config"], log_level=ctx.obj["log_level"], **flags)
     logs.setup(settings.log_level)
     return settings
+
+
+def _dsn(settings: Settings) -> str | None:
+    return settings.database_url.get_secret_value() if settings.database_url else None
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[Any]:
+    """A connection to the feedback database (DATABASE_URL), closed on the way out."""
+    from feedback_loop.feedback import store
+
+    conn = store.connect(_dsn(settings))
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def pipeline_arguments(settings: Settings) -> dict[str, Any]:
@@ -158,11 +176,8 @@ def history(ctx: click.Context, limit: int, as_json: bool) -> None:
     from feedback_loop.feedback import store
 
     settings = _settings(ctx)
-    conn = store.connect(settings.database_url.get_secret_value() if settings.database_url else None)
-    try:
+    with _database(settings) as conn:
         rows = store.history(conn, settings.model_name, limit)
-    finally:
-        conn.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -188,7 +203,7 @@ def check(ctx: click.Context, as_json: bool, force: bool | None) -> None:
     from feedback_loop.decide import check as checking
 
     settings = _settings(ctx, force=force)
-    result = checking.check(settings, settings.database_url.get_secret_value() if settings.database_url else None)
+    result = checking.check(settings, _dsn(settings))
     click.echo(json.dumps(result, indent=2, default=str) if as_json else checking.render(result))
 
 
@@ -201,11 +216,8 @@ def purge(ctx: click.Context, retention_days: int | None, dry_run: bool) -> None
     from feedback_loop.feedback import store
 
     settings = _settings(ctx, retention_days=retention_days)
-    conn = store.connect(settings.database_url.get_secret_value() if settings.database_url else None)
-    try:
+    with _database(settings) as conn:
         counts = store.purge(conn, settings.retention_days, dry_run=dry_run)
-    finally:
-        conn.close()
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {counts['predictions']} predictions and {counts['feedback']} feedback rows older than {settings.retention_days} days")
 
@@ -361,15 +373,11 @@ def compile_components(output_dir: Path | None, registry: str | None) -> None:
 @click.pass_context
 def report(ctx: click.Context, output: Path, days: int) -> None:
     """Write the loop at a glance as one HTML page (from retrain_runs and deployments; needs DATABASE_URL)."""
-    from feedback_loop.feedback import store
     from feedback_loop.operate import report as page
 
     settings = _settings(ctx)
-    conn = store.connect(settings.database_url.get_secret_value() if settings.database_url else None)
-    try:
+    with _database(settings) as conn:
         history = page.load(conn, settings.model_name, days)
-    finally:
-        conn.close()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(page.render(history))
     click.echo(f"wrote {output} ({len(history.runs)} runs, {len(history.deployments)} deployment steps)")
