@@ -39,6 +39,7 @@ def test_loop_retrains_once_then_waits(tmp_path: Path, database_url: str) -> Non
     assert first["deployment"]["status"] == "canary_started" and first["deployment"]["traffic_percent"] == 10
     report = Path(first["drift"]["report"])
     assert report.is_file() and "<svg" in report.read_text()
+    assert Path(first["drift"]["report_html"]).read_text() == report.read_text()
 
     state = json.loads((tmp_path / "model-store" / "cats-vs-dogs" / "rollout.json").read_text())
     assert state["canary"]["version"] == first["deployment"]["version"]

@@ -94,6 +94,28 @@ def send(url: str, rows: np.ndarray) -> int:
     return failed
 
 
+def scraped(prometheus_url: str, query: str, enough: float = 0.0, timeout: float = 30) -> float:
+    """Waits until Prometheus answers `query` with more than `enough` (scrapes lag on a loaded machine)."""
+    source = analysis.Prometheus(prometheus_url)
+    deadline = time.monotonic() + timeout
+    while True:
+        value = source.query(query, datetime.now(timezone.utc))
+        if value is not None and value > enough or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)
+
+
+def warm_up(servers: dict[str, Any]) -> None:
+    """A request of each outcome, scraped: a series' first sample must predate the traffic that
+    `rate()` and `increase()` measure, or they miss what came before it."""
+    ok, refused = np.zeros((1, FEATURES), dtype=np.float32), np.ones((1, FEATURES), dtype=np.float32)
+    for name, revision in (("stable", f"{NAME}-predictor-00001"), ("canary", f"{NAME}-predictor-00002")):
+        send(servers[name].url, ok)
+        scraped(servers["prometheus"].url, f'sum(feedback_loop_requests_total{{revision_name="{revision}"}})')
+    assert send(servers["canary"].url, refused) == 1  # the canary's 5xx series exists before the traffic
+    scraped(servers["prometheus"].url, f'sum(feedback_loop_requests_total{{revision_name="{NAME}-predictor-00002",code="5xx"}})')
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     if not Path(PROMETHEUS).exists():
@@ -141,11 +163,14 @@ def test_higher_error_rate_rolls_back_at_the_first_step(servers: dict[str, Any],
         assert controller.serving() == {f"file://{tmp_path}/store/{NAME}/v1/saved_model": 90, f"file://{tmp_path}/store/{NAME}/v2/saved_model": 10}
 
         # The same traffic to both revisions (a router would split it 90/10; the rates compare the same).
+        warm_up(servers)
         rows = np.random.default_rng(7).uniform(0, 1, size=(120, FEATURES)).astype(np.float32)
         assert send(servers["stable"].url, rows) == 0
         failed = send(servers["canary"].url, rows)
         assert failed > 10
-        time.sleep(3)  # two more scrapes
+        for revision in ("00001", "00002"):
+            window = f"{int((datetime.now(timezone.utc) - started).total_seconds()) + 60}s"
+            scraped(servers["prometheus"].url, f'sum(increase(feedback_loop_requests_total{{revision_name="{NAME}-predictor-{revision}"}}[{window}]))', enough=100)
 
         now = datetime.now(timezone.utc)
         config = analysis.AnalysisConfig(NAME, NS, servers["prometheus"].url, METRICS, min_feedback_samples=0)
@@ -163,9 +188,10 @@ def test_higher_error_rate_rolls_back_at_the_first_step(servers: dict[str, Any],
 
 def test_equal_revisions_are_healthy(servers: dict[str, Any]) -> None:
     """The same comparison between the stable revision and itself: no false alarm."""
+    warm_up(servers)
     rows = np.random.default_rng(8).uniform(0, 0.5, size=(80, FEATURES)).astype(np.float32)
     send(servers["stable"].url, rows)
-    time.sleep(3)
+    scraped(servers["prometheus"].url, f'sum(increase(feedback_loop_requests_total{{revision_name="{NAME}-predictor-00001"}}[2m]))', enough=60)
     now = datetime.now(timezone.utc)
     config = analysis.AnalysisConfig(NAME, NS, servers["prometheus"].url, METRICS, min_feedback_samples=0)
     observation = analysis.Observation(True, f"{NAME}-predictor-00001", f"{NAME}-predictor-00001")

@@ -160,8 +160,15 @@ def demo(ctx: click.Context, workdir: Path, fresh: bool, force: bool | None, dry
         run_dir = local.run_pipeline(workdir / "runs", pipeline_arguments(settings))
     summary = local.summarize(run_dir)
     summary["wall_seconds"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
+    if summary["drift"]["report"] and Path(summary["drift"]["report"]).is_file():
+        # KFP names the artifact `report`; a copy with the .html suffix opens in any browser.
+        readable = workdir / "drift-report.html"
+        shutil.copyfile(summary["drift"]["report"], readable)
+        summary["drift"]["report_html"] = str(readable)
     storage.write_bytes(storage.normalize(str(workdir / "last-run.json")), json.dumps(summary, indent=2, default=str).encode())
     click.echo(local.render(summary))
+    if summary["drift"].get("report_html"):
+        click.echo(f"  drift      {summary['drift']['report_html']} (open in a browser)")
     click.echo(f"  summary    {workdir / 'last-run.json'}")
     if summary["status"] != "succeeded":
         raise FeedbackLoopError(f"the run did not finish: {', '.join(summary['failed_tasks'])} failed; see the log above")
