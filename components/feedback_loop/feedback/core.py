@@ -215,8 +215,8 @@ def _feature_types(conn, window: Window, tables: Tables) -> dict[str, str]:
     """Feature keys in the window's JSONB and whether each is numeric or text."""
     query = sql.SQL(
         """
-        SELECT key, bool_and(jsonb_typeof(value) = 'number')
-        FROM {predictions}, jsonb_each(features)
+        SELECT key, bool_and(jsonb_typeof(features->key) = 'number')
+        FROM {predictions}, jsonb_object_keys(features) AS key
         WHERE model_name = %s AND created_at > %s AND created_at <= %s AND consent
         GROUP BY key ORDER BY key
         """
@@ -245,54 +245,58 @@ def extract_query(
         for key, kind in features.items()
     ]
     known = list(options.known_labels)
-    # The latest answer up to the horizon wins; `answers` counts them all (older ones are duplicates).
-    # A "wrong" without a usable correction keeps its prediction, unlabelled.
+    # Set-based: the window's predictions are joined to all their answers up to the horizon at
+    # once (one hash join, no probe per prediction), then one sort in output order keeps each
+    # prediction's latest answer (ties broken by id) and counts them all in `answers` (older ones
+    # are duplicates). A "wrong" without a usable correction keeps its prediction, unlabelled.
     return sql.SQL(
         """
-        SELECT p.id, p.created_at, p.model_version, a.answer AS predicted_label, p.confidence, p.latency_ms,
+        SELECT p.id, p.created_at, p.model_version, p.answer AS predicted_label, p.confidence, p.latency_ms,
                p.input_uri, p.user_id,
-               CASE WHEN fx.reason IS NULL THEN f.is_correct END AS is_correct,
-               CASE WHEN fx.reason IS NULL THEN f.corrected_label END AS corrected_label,
-               CASE WHEN fx.reason IS NULL THEN f.comment END AS comment,
-               CASE WHEN fx.reason IS NULL THEN f.created_at END AS feedback_at,
-               CASE WHEN fx.reason IS NULL THEN l.label END AS label,
+               CASE WHEN p.reason IS NULL THEN p.is_correct END AS is_correct,
+               CASE WHEN p.reason IS NULL THEN p.corrected_label END AS corrected_label,
+               CASE WHEN p.reason IS NULL THEN p.comment END AS comment,
+               CASE WHEN p.reason IS NULL THEN p.feedback_at END AS feedback_at,
+               CASE WHEN p.reason IS NULL THEN p.label END AS label,
                CASE
                    WHEN p.confidence IS NOT NULL AND NOT (p.confidence BETWEEN 0 AND 1) THEN 'confidence_out_of_range'
-                   WHEN a.answer IS NULL THEN 'null_label'
+                   WHEN p.answer IS NULL THEN 'null_label'
                    WHEN {answer_unknown} THEN 'unknown_label'
                END AS excluded,
-               fx.reason AS feedback_excluded,
-               f.answers
+               p.reason AS feedback_excluded,
+               p.answers
                {features}
-        FROM {predictions} p
-        CROSS JOIN LATERAL (
-            SELECT coalesce(nullif(btrim(p.predicted_label), ''), p.predicted_value::text) AS answer
-        ) a
-        LEFT JOIN LATERAL (
-            SELECT is_correct, corrected_label, comment, created_at, count(*) OVER () AS answers
-            FROM {feedback} WHERE prediction_id = p.id AND created_at <= {horizon}
-            ORDER BY created_at DESC, id DESC LIMIT 1
-        ) f ON true
-        CROSS JOIN LATERAL (
-            SELECT CASE WHEN f.is_correct THEN a.answer ELSE nullif(btrim(f.corrected_label), '') END AS label
-        ) l
-        CROSS JOIN LATERAL (
-            SELECT CASE
-                WHEN f.is_correct IS NULL THEN NULL
-                WHEN l.label IS NULL THEN 'null_label'
-                WHEN {label_unknown} THEN 'unknown_label'
-            END AS reason
-        ) fx
-        WHERE p.model_name = {model} AND p.consent
-          AND p.created_at > {start} AND p.created_at <= {end}
+        FROM (
+            SELECT p.*,
+                   CASE
+                       WHEN p.is_correct IS NULL THEN NULL
+                       WHEN p.label IS NULL THEN 'null_label'
+                       WHEN {label_unknown} THEN 'unknown_label'
+                   END AS reason
+            FROM (
+                SELECT p.*, CASE WHEN p.is_correct THEN p.answer ELSE nullif(btrim(p.corrected_label), '') END AS label
+                FROM (
+                    SELECT DISTINCT ON (p.created_at, p.id)
+                           p.id, p.created_at, p.model_version, p.confidence, p.latency_ms, p.input_uri, p.user_id,
+                           p.features, coalesce(nullif(btrim(p.predicted_label), ''), p.predicted_value::text) AS answer,
+                           f.is_correct, f.corrected_label, f.comment, f.created_at AS feedback_at,
+                           nullif(count(f.id) OVER (PARTITION BY p.created_at, p.id), 0) AS answers
+                    FROM {predictions} p
+                    LEFT JOIN {feedback} f ON f.prediction_id = p.id AND f.created_at <= {horizon}
+                    WHERE p.model_name = {model} AND p.consent
+                      AND p.created_at > {start} AND p.created_at <= {end}
+                    ORDER BY p.created_at, p.id, f.created_at DESC, f.id DESC
+                ) p
+            ) p
+        ) p
         ORDER BY p.created_at, p.id
         """
     ).format(
         features=sql.SQL("").join(sql.SQL(", ") + c for c in feature_columns),
         predictions=sql.Identifier(tables.predictions),
         feedback=sql.Identifier(tables.feedback),
-        answer_unknown=_unknown(known, sql.SQL("a.answer")),
-        label_unknown=_unknown(known, sql.SQL("l.label")),
+        answer_unknown=_unknown(known, sql.SQL("p.answer")),
+        label_unknown=_unknown(known, sql.SQL("p.label")),
         model=sql.Literal(window.model_name),
         start=sql.Literal(start),
         end=sql.Literal(end),
