@@ -7,7 +7,7 @@ from feedback_loop.decide.component import decide_retrain
 from feedback_loop.deploy.component import advance_rollout, deploy_canary
 from feedback_loop.drift.component import detect_drift
 from feedback_loop.evaluate.component import evaluate_model
-from feedback_loop.feedback.component import extract_feedback
+from feedback_loop.feedback.component import extract_feedback, purge_feedback
 from feedback_loop.images import TRAIN_IMAGE
 from feedback_loop.operate.component import clean_model_store, notify_outcome
 from feedback_loop.prepare.component import prepare_dataset
@@ -106,6 +106,7 @@ def retraining_pipeline(
     max_wait_hours: float = _default("max_wait_hours"),
     cleanup: bool = _default("cleanup"),
     keep_versions: int = _default("keep_versions"),
+    retention_days: int = _default("retention_days"),
 ):
     # The exit handler runs last, whatever happened, and posts the outcome; it never fails the run.
     notify = _with_database(notify_outcome(model_name=model_name, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER))
@@ -242,6 +243,7 @@ def retraining_pipeline(
                     ).set_caching_options(False)
 
         # Old model versions go once the rollout has moved; serving and rollback versions never do.
+        # Personal data older than the retention period goes too.
         with dsl.If(cleanup == True, name="cleanup"):  # noqa: E712
             clean_model_store(
                 model_name=model_name,
@@ -250,3 +252,4 @@ def retraining_pipeline(
                 namespace=namespace,
                 keep_versions=keep_versions,
             ).after(decision).set_caching_options(False)
+            _with_database(purge_feedback(retention_days=retention_days)).after(decision).set_caching_options(False)

@@ -19,7 +19,7 @@ from feedback_loop.cli import main
 from feedback_loop.decide.component import decide_retrain
 from feedback_loop.errors import DatabaseUnreachable
 from feedback_loop.feedback import core, store
-from feedback_loop.feedback.component import extract_feedback
+from feedback_loop.feedback.component import extract_feedback, purge_feedback
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 DAY = timedelta(days=1)
@@ -414,3 +414,21 @@ def test_secrets_never_reach_logs_artifacts_or_errors(postgres_server: str, data
         assert not any(secret in text for text in texts), secret
         assert not any(secret.encode() in blob for blob in blobs), secret
     assert not any(b"user-1" in blob for blob in blobs), "raw user ids stay in the database"
+
+
+def test_purge_feedback_wrapper_deletes_only_what_is_past_retention(conn, database_url: str, tmp_path: Path, monkeypatch) -> None:
+    now = datetime.now(timezone.utc)
+    insert(
+        conn,
+        [("old", now - timedelta(days=200), {}, "cat", 0.9, True), ("recent", now - timedelta(days=2), {}, "cat", 0.9, True)],
+        [("old", now - timedelta(days=199), True, None, None), ("recent", now - timedelta(days=1), False, "dog", None)],
+    )
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    record = dsl.Markdown(uri=str(tmp_path / "purge.md"))
+    assert purge_feedback.python_func(record=record, retention_days=180) == 2
+    with conn.cursor() as cur:
+        cur.execute("SELECT id FROM predictions")
+        assert [r[0] for r in cur.fetchall()] == ["recent"]
+        cur.execute("SELECT prediction_id FROM feedback")
+        assert [r[0] for r in cur.fetchall()] == ["recent"]
+    assert "1 predictions" in Path(record.path).read_text() and database_url not in Path(record.path).read_text()

@@ -21,7 +21,7 @@ STALE = "run `./build.sh compile` (or `feedback-loop compile-components`) and co
 
 def test_every_stage_is_found() -> None:
     expected = {"advance_rollout", "extract_feedback", "detect_drift", "decide_retrain", "prepare_dataset",
-                "train_model", "evaluate_model", "deploy_canary", "notify_outcome", "clean_model_store"}
+                "train_model", "evaluate_model", "deploy_canary", "notify_outcome", "clean_model_store", "purge_feedback"}
     assert expected <= set(COMPONENTS)
 
 

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     max_model_age_days: float = Field(90.0, gt=0.0)
     known_labels: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any non-blank label
     dry_run: bool = False  # train and evaluate, but neither publish nor deploy
-    retention_days: int = Field(180, ge=1)  # `feedback-loop purge` deletes older rows
+    retention_days: int = Field(180, ge=1)  # `feedback-loop purge` and the clean-up step delete older rows
 
     # Training and the evaluation gate.
     epochs: int = Field(8, ge=1, le=1000)

@@ -1,9 +1,9 @@
-"""KFP wrapper of the feedback extraction."""
+"""KFP wrappers of the feedback store: the extraction and the retention purge."""
 
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset, Metrics, Output
+from kfp.dsl import Dataset, Markdown, Metrics, Output
 
 from feedback_loop.images import DATA_IMAGE
 
@@ -75,3 +75,33 @@ def extract_feedback(
         stats.log_metric(name, value)
     outputs = namedtuple("FeedbackOutputs", ["rows", "feedback_count", "negative_count", "satisfaction_rate"])
     return outputs(result.rows, result.feedback_count, result.negative_count, result.satisfaction_rate)
+
+
+@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+def purge_feedback(record: Output[Markdown], retention_days: int = 180) -> int:
+    """Deletes predictions and feedback older than `retention_days` (personal data, GDPR).
+
+    A prediction's feedback goes with it. Run history and deployments hold no personal
+    data and are kept. Reads `DATABASE_URL` (a Kubernetes Secret).
+
+    Args:
+        retention_days: How long predictions and feedback are kept.
+
+    Returns:
+        record: How many rows of each table were deleted, and the cut-off.
+        Output: How many rows were deleted in all.
+    """
+    import os
+
+    from feedback_loop import logs
+    from feedback_loop.feedback import store
+
+    logs.setup()
+    conn = store.connect(os.environ.get("DATABASE_URL"))
+    try:
+        counts = store.purge(conn, retention_days)
+    finally:
+        conn.close()
+    with open(record.path, "w") as handle:
+        handle.write(f"# Feedback purge\n\nOlder than {retention_days} days: " + ", ".join(f"{n} {t}" for t, n in counts.items()) + " deleted.\n")
+    return sum(counts.values())
