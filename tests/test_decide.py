@@ -267,3 +267,14 @@ def test_rule_settings_come_from_the_environment_and_are_checked(monkeypatch) ->
     monkeypatch.setenv("RETRAIN_RULES", "user_feedback,moon_phase")
     with pytest.raises(SettingsError, match="RETRAIN_RULES"):
         load()
+
+
+def test_every_policy_field_is_a_component_parameter_and_a_setting() -> None:
+    """Policy.of picks values by name: a field missing on either side would silently keep its default."""
+    from dataclasses import fields
+
+    from feedback_loop.settings import Settings
+
+    names = {f.name for f in fields(core.Policy)}
+    assert names <= set(decide_retrain.component_spec.inputs)
+    assert names <= set(Settings.model_fields)

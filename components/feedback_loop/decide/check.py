@@ -17,17 +17,7 @@ from feedback_loop.decide import core
 
 def policy_of(settings: Any) -> core.Policy:
     """The retrain policy of a Settings object."""
-    return core.Policy(
-        min_feedback=settings.min_feedback,
-        min_negative=settings.min_negative,
-        min_positive_rate=settings.min_positive_rate,
-        max_error_rate=settings.max_error_rate,
-        max_recent_latency_ratio=settings.max_recent_latency_ratio,
-        max_keyword_hits=settings.max_keyword_hits,
-        min_new_data_share=settings.min_new_data_share,
-        max_model_age_days=settings.max_model_age_days,
-        rules=tuple(settings.rules),
-    )
+    return core.Policy.of(settings.model_dump())
 
 
 def check(settings: Any, dsn: str | None, now: datetime | None = None, target: Any = None) -> dict[str, Any]:

@@ -56,17 +56,7 @@ def decide_retrain(
 
     logs.setup()
     signals = core.Signals.from_metrics(stats.metadata, is_drift=is_drift, rollout_in_progress=rollout_in_progress, force=force)
-    policy = core.Policy(
-        min_feedback=min_feedback,
-        min_negative=min_negative,
-        min_positive_rate=min_positive_rate,
-        max_error_rate=max_error_rate,
-        max_recent_latency_ratio=max_recent_latency_ratio,
-        max_keyword_hits=max_keyword_hits,
-        min_new_data_share=min_new_data_share,
-        max_model_age_days=max_model_age_days,
-        rules=tuple(rules),
-    )
+    policy = core.Policy.of(locals())  # the parameters carry the policy's names
     result = core.decide(signals, policy)
     with open(decision.path, "w") as handle:
         handle.write(result.to_markdown())

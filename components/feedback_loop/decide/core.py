@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from feedback_loop.errors import SettingsError
 
@@ -27,6 +28,14 @@ class Policy:
     min_new_data_share: float = 0.20
     max_model_age_days: float = 90.0
     rules: tuple[str, ...] = RULES  # the enabled ones
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> "Policy":
+        """The policy from settings or parameters of the same names (extra names are ignored)."""
+        picked = {f.name: values[f.name] for f in fields(cls) if f.name in values}
+        if "rules" in picked:
+            picked["rules"] = tuple(picked["rules"])
+        return cls(**picked)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.rules) - set(RULES))
