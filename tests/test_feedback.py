@@ -44,20 +44,21 @@ def insert(conn, predictions: list[tuple], feedback: list[tuple] = ()) -> None:
             execute_values(cur, "INSERT INTO feedback (prediction_id, created_at, is_correct, corrected_label, comment) VALUES %s", list(feedback))
 
 
-def extract(conn, tmp_path: Path, options: core.Options = core.Options(), key: str | None = KEY, **window) -> core.FeedbackStats:
+def extract(conn, tmp_path: Path, options: core.Options = core.Options(), key: str | None = KEY, parallel: int = 1, **window) -> core.FeedbackStats:
+    """Extracts from `conn`'s database: `conn.dsn` is its DSN (the test server has no password to mask)."""
     w = core.Window.of("m", window.pop("days_back", 30), window.pop("since", ""), now=NOW)
-    return core.extract(conn, w, tmp_path / "feedback.parquet", options, pseudonymizer=core.Pseudonymizer(key))
+    return core.extract(conn.dsn, w, tmp_path / "feedback.parquet", options, pseudonymizer=core.Pseudonymizer(key), parallel=parallel)
 
 
 def test_migrations_are_idempotent(conn) -> None:
-    assert store.migrate(conn) == store.migrate(conn) == len(store.MIGRATIONS) == 2
+    assert store.migrate(conn) == store.migrate(conn) == len(store.MIGRATIONS) == 3
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM schema_version")
         assert cur.fetchone()[0] == len(store.MIGRATIONS)
         cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
         assert {"predictions", "feedback", "retrain_runs", "deployments"} <= {r[0] for r in cur.fetchall()}
         cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")
-        assert {"feedback_created_at", "predictions_no_consent", "predictions_created_at"} <= {r[0] for r in cur.fetchall()}
+        assert {"feedback_created_at", "feedback_prediction_latest", "predictions_no_consent", "predictions_created_at"} <= {r[0] for r in cur.fetchall()}
 
 
 def test_a_version_1_database_is_upgraded_in_place(conn) -> None:
@@ -67,7 +68,7 @@ def test_a_version_1_database_is_upgraded_in_place(conn) -> None:
         cur.execute(store.MIGRATIONS[0])
         cur.execute("INSERT INTO schema_version (version) VALUES (1)")
         cur.execute("INSERT INTO predictions (id, model_name, model_version, predicted_label) VALUES ('kept', 'm', 'v1', 'cat')")
-    assert store.migrate(conn) == 2
+    assert store.migrate(conn) == 3
     with conn.cursor() as cur:
         cur.execute("SELECT id, predicted_value FROM predictions")
         assert cur.fetchall() == [("kept", None)]
@@ -174,11 +175,11 @@ def test_user_ids_leave_the_database_only_as_an_hmac(conn, tmp_path: Path) -> No
 
     other = tmp_path / "other"
     other.mkdir()
-    core.extract(conn, core.Window.of("m", 30, now=NOW), other / "f.parquet", pseudonymizer=core.Pseudonymizer("another-key"))
+    core.extract(conn.dsn, core.Window.of("m", 30, now=NOW), other / "f.parquet", pseudonymizer=core.Pseudonymizer("another-key"))
     assert pq.read_table(other / "f.parquet")["user_id"].to_pylist()[0] != users["a"], "the key matters"
 
     # Without a key, ids are dropped, never exported in clear.
-    core.extract(conn, core.Window.of("m", 30, now=NOW), other / "nokey.parquet", pseudonymizer=core.Pseudonymizer(None))
+    core.extract(conn.dsn, core.Window.of("m", 30, now=NOW), other / "nokey.parquet", pseudonymizer=core.Pseudonymizer(None))
     assert pq.read_table(other / "nokey.parquet")["user_id"].null_count == 2
 
 
@@ -242,17 +243,15 @@ def test_parallel_slices_give_the_same_extract_in_one_snapshot(conn, database_ur
     insert(conn, rows, answers + [("p0002", NOW - DAY, False, "cat", "blurry")])
     serial = extract(conn, tmp_path)
     window = core.Window.of("m", 30, now=NOW)
-    opened = []
-
-    def connect():
-        opened.append(store.connect(database_url))
-        return opened[-1]
-
-    parallel = core.extract(conn, window, tmp_path / "parallel.parquet", connect=connect, parallel=4, pseudonymizer=core.Pseudonymizer(KEY))
-    assert len(opened) == 4 and all(c.closed for c in opened)
+    parallel = core.extract(database_url, window, tmp_path / "parallel.parquet", parallel=4, pseudonymizer=core.Pseudonymizer(KEY))
     assert parallel == serial
-    assert pq.read_table(tmp_path / "parallel.parquet").equals(pq.read_table(tmp_path / "feedback.parquet"))
+    # The same rows, in another order: slices arrive as they come.
+    by_id = [pq.read_table(tmp_path / name).sort_by("id") for name in ("parallel.parquet", "feedback.parquet")]
+    assert by_id[0].equals(by_id[1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback.parquet", "parallel.parquet"]
+    with conn.cursor() as cur:  # every stream's connection is closed
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        assert cur.fetchone()[0] == 0
 
 
 def test_since_leaves_out_rows_already_trained_on(conn, tmp_path: Path) -> None:
@@ -270,19 +269,37 @@ def test_empty_window_is_a_valid_empty_dataset(conn, tmp_path: Path) -> None:
 
 
 def test_a_failed_extraction_leaves_the_previous_file_and_no_partial_one(conn, tmp_path: Path) -> None:
-    # 1e400 is valid JSON but overflows double precision: PostgreSQL fails in the middle of the COPY.
-    insert(conn, [(f"p{i}", NOW - DAY + timedelta(seconds=i), {"x": 1.0}, "cat", 0.5, True) for i in range(1000)])
+    insert(conn, [(f"p{i}", NOW - 20 * DAY + timedelta(minutes=25 * i), {"x": 1.0}, "cat", 0.5, True) for i in range(1000)])
+    # The server fails in the middle of the stream: a view over the table divides by zero at row p900.
     with conn, conn.cursor() as cur:
-        cur.execute("""UPDATE predictions SET features = '{"x": 1e400}'::jsonb WHERE id = 'p900'""")
+        cur.execute("CREATE VIEW failing AS SELECT id, created_at, model_name, model_version, features, input_uri, predicted_label,"
+                    " predicted_value, CASE WHEN id = 'p900' THEN 1 / 0 ELSE confidence END AS confidence, latency_ms, user_id, consent"
+                    " FROM predictions")
     out = tmp_path / "feedback.parquet"
     out.write_bytes(b"the previous extract")
-    with pytest.raises(psycopg2.Error):
-        extract(conn, tmp_path)
+    window = core.Window.of("m", 30, now=NOW)
+    with pytest.raises(Exception, match="division by zero"):
+        core.extract(conn.dsn, window, out, tables=store.Tables(predictions="failing"), pseudonymizer=core.Pseudonymizer(KEY))
     assert out.read_bytes() == b"the previous extract"
     assert [p.name for p in tmp_path.iterdir()] == ["feedback.parquet"]
-    # The connection is usable again afterwards.
+
+    # Here after one slice was written: the other slices' streams are stopped, nothing is left behind.
+    class FailingOnTheSecondBatch(core.Pseudonymizer):
+        calls = 0
+
+        def apply(self, column):
+            FailingOnTheSecondBatch.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("disk full")
+            return super().apply(column)
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        core.extract(conn.dsn, window, out, parallel=4, pseudonymizer=FailingOnTheSecondBatch(KEY))
+    assert out.read_bytes() == b"the previous extract"
+    assert [p.name for p in tmp_path.iterdir()] == ["feedback.parquet"]
     with conn.cursor() as cur:
-        cur.execute("SELECT 1")
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        assert cur.fetchone()[0] == 0
 
 
 def test_table_names_are_quoted_identifiers(conn, tmp_path: Path) -> None:
@@ -292,7 +309,7 @@ def test_table_names_are_quoted_identifiers(conn, tmp_path: Path) -> None:
         cur.execute("""INSERT INTO "App Predictions" (id, created_at, model_name, model_version, predicted_label, confidence)"""
                     " VALUES ('x', %s, 'm', 'v1', 'cat', 0.5)", (NOW - DAY,))
     tables = store.Tables(predictions="App Predictions", feedback="app feedback; drop table predictions")
-    stats = core.extract(conn, core.Window.of("m", 30, now=NOW), tmp_path / "f.parquet", tables=tables, pseudonymizer=core.Pseudonymizer(KEY))
+    stats = core.extract(conn.dsn, core.Window.of("m", 30, now=NOW), tmp_path / "f.parquet", tables=tables, pseudonymizer=core.Pseudonymizer(KEY))
     assert stats.rows == 1
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('predictions') IS NOT NULL")
@@ -395,9 +412,9 @@ def test_secrets_never_reach_logs_artifacts_or_errors(postgres_server: str, data
         decide_retrain.python_func(stats=stats, decision=decision, model_name="m", is_drift=False, run_name="r")
         (out / "stats.json").write_text(json.dumps(stats.metadata))
         (out / "decision.json").write_text(json.dumps(decision.metadata))
-        # A failure on the way: the error carries neither secret.
+        # A failure on the way (the stream's query fails on the server): the error carries neither secret.
         with conn, conn.cursor() as cur:
-            cur.execute("""UPDATE predictions SET features = '{"x": 1e400}'::jsonb WHERE id = 'p5'""")
+            cur.execute("ALTER TABLE feedback RENAME COLUMN comment TO remark")
         with pytest.raises(Exception) as failure:
             extract_feedback.python_func(feedback=dsl.Dataset(uri=str(out / "f2")), stats=dsl.Metrics(uri=str(out / "s2")), model_name="m")
         conn.close()
@@ -432,3 +449,20 @@ def test_purge_feedback_wrapper_deletes_only_what_is_past_retention(conn, databa
         cur.execute("SELECT prediction_id FROM feedback")
         assert [r[0] for r in cur.fetchall()] == ["recent"]
     assert "1 predictions" in Path(record.path).read_text() and database_url not in Path(record.path).read_text()
+
+
+def test_feature_columns_are_typed_from_the_values_whatever_batch_shows_them_first(conn, tmp_path: Path) -> None:
+    # Four slices, four batches in no set order: numbers early, a text value and a new key late.
+    rows = [(f"p{i:03d}", NOW - 20 * DAY + i * timedelta(hours=2), {"size": float(i), "mixed": i, "flag": i % 2 == 0}, "cat", 0.5, True)
+            for i in range(200)]
+    rows[190] = ("p190", NOW - 20 * DAY + 190 * timedelta(hours=2), {"size": 1.5, "mixed": "n/a", "late": "yes", "nested": {"a": [1]}}, "cat", 0.5, True)
+    insert(conn, rows)
+    stats = extract(conn, tmp_path, parallel=4)
+    table = pq.read_table(tmp_path / "feedback.parquet").sort_by("id")
+    assert stats.rows == table.num_rows == 200
+    types = {name: str(table.schema.field(name).type) for name in ("size", "mixed", "flag", "late", "nested")}
+    assert types == {"size": "double", "mixed": "string", "flag": "string", "late": "string", "nested": "string"}
+    values = {name: table[name].to_pylist() for name in types}
+    assert values["size"][3] == 3.0 and values["mixed"][3] == "3" and values["mixed"][190] == "n/a"
+    assert values["flag"][:2] == ["true", "false"] and values["late"][190] == "yes" and values["late"][0] is None
+    assert json.loads(values["nested"][190]) == {"a": [1]}

@@ -141,15 +141,21 @@ def seed(dsn: str, first: int, last: int, total: int) -> float:
 
 
 def the_query(conn, window: core.Window) -> str:
-    features = core._feature_types(conn, window, store.Tables())
-    conn.rollback()
-    return core.extract_query(window, features).as_string(conn)
+    return core.extract_query(window).as_string(conn)
+
+
+def same_session(conn) -> None:
+    """The settings our extraction's sessions run with: the same query under the same settings."""
+    with conn.cursor() as cur:
+        for setting in store.EXTRACT_SESSION:
+            cur.execute(setting)
 
 
 def time_copy(dsn: str, window: core.Window) -> float:
     conn = store.connect(dsn)
     try:
         query = the_query(conn, window)
+        same_session(conn)
         started = time.monotonic()
         with conn.cursor() as cur, open(os.devnull, "w") as sink:
             cur.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", sink)
@@ -164,6 +170,7 @@ def time_read_sql(dsn: str, window: core.Window) -> tuple[float, int]:
     conn = store.connect(dsn)
     try:
         query = the_query(conn, window)
+        same_session(conn)
         started = time.monotonic()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pandas prefers SQLAlchemy; a DBAPI connection is what users pass
@@ -197,12 +204,10 @@ def child(out: str, now: str) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     dsn = os.environ["BENCH_DSN"]
-    conn = store.connect(dsn)
     window = core.Window.of(MODEL, 30, now=datetime.fromisoformat(now))
     started = time.monotonic()
-    stats = core.extract(conn, window, Path(out), connect=lambda: store.connect(dsn), parallel=core.PARALLEL_SLICES)
+    stats = core.extract(dsn, window, Path(out), parallel=int(os.environ.get("BENCH_PARALLEL", core.PARALLEL_SLICES)))
     seconds = time.monotonic() - started
-    conn.close()
     peak_mb = _peak_rss_mb()
     print(json.dumps({"seconds": seconds, "rows": stats.rows, "peak_rss_mb": round(peak_mb, 1), "excluded": stats.excluded}))
 

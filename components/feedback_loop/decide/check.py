@@ -39,13 +39,7 @@ def check(settings: Any, dsn: str | None, now: datetime | None = None, target: A
     window = feedback.Window.of(settings.model_name, settings.days_back, production["trained_through"], now=now)
     with tempfile.TemporaryDirectory() as scratch:
         current = Path(scratch) / "feedback.parquet"
-        conn = store.connect(dsn)
-        try:
-            stats = feedback.extract(
-                conn, window, current, options, connect=lambda: store.connect(dsn), parallel=feedback.PARALLEL_SLICES
-            )
-        finally:
-            conn.close()
+        stats = feedback.extract(dsn, window, current, options)
         drifted = drift.run(
             current,
             production["reference_data_uri"],

@@ -52,7 +52,7 @@ def extract_feedback(
     from collections import namedtuple
 
     from feedback_loop import logs
-    from feedback_loop.feedback import core, store
+    from feedback_loop.feedback import core
 
     logs.setup()
     options = core.Options(
@@ -62,15 +62,8 @@ def extract_feedback(
         latency_baseline_ms=latency_baseline_ms,
         training_rows=core.training_rows(reference_data_uri),
     )
-    dsn = os.environ.get("DATABASE_URL")
-    conn = store.connect(dsn)
-    try:
-        window = core.Window.of(model_name, days_back, since)
-        result = core.extract(
-            conn, window, feedback.path, options, connect=lambda: store.connect(dsn), parallel=core.PARALLEL_SLICES
-        )
-    finally:
-        conn.close()
+    window = core.Window.of(model_name, days_back, since)
+    result = core.extract(os.environ.get("DATABASE_URL"), window, feedback.path, options)
     for name, value in result.metrics().items():
         stats.log_metric(name, value)
     outputs = namedtuple("FeedbackOutputs", ["rows", "feedback_count", "negative_count", "satisfaction_rate"])

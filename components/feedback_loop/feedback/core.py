@@ -1,9 +1,10 @@
 """Extract a window of predictions with their latest feedback from PostgreSQL into Parquet.
 
-Streams: `COPY (query) TO STDOUT` lands in a temporary CSV that pyarrow reads batch by
-batch into a Parquet writer, so memory stays bounded whatever the window holds (COPY ran
-as fast as COPY into /dev/null here; server-side cursors and `pandas.read_sql` at ~0.43×).
-JSONB features become typed columns in SQL, not in Python.
+Streams: the query runs as a binary COPY read straight into Arrow record batches (ADBC's
+PostgreSQL driver), on threads of their own while the batches before are converted, so the
+server and the conversion work at once and memory stays bounded whatever the window holds.
+The JSONB features are parsed into typed columns in Arrow (`pyarrow.json`), not in SQL:
+nothing has to scan the window for its keys first.
 
 Rows that cannot be used are classified in SQL and counted by reason (`EXCLUSION_REASONS`);
 the statistics the retrain decision needs are accumulated batch by batch, so they too
@@ -14,35 +15,35 @@ as an HMAC-SHA256 of themselves under a key from the environment (`FEEDBACK_HMAC
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from psycopg2 import sql
 
 from feedback_loop.errors import SettingsError
+from feedback_loop.feedback import store
 from feedback_loop.feedback.store import Tables
 
 log = logging.getLogger(__name__)
 
 HMAC_KEY_ENV = "FEEDBACK_HMAC_KEY"
 DEFAULT_KEYWORDS = ("flou", "mauvais", "incorrect", "wrong", "blurry")
-# Time slices copied at once, each on its own connection: PostgreSQL runs one COPY on one core.
-PARALLEL_SLICES = 4
-CSV_BLOCK_BYTES = 1 << 20
-ROW_GROUP_ROWS = 65_536
+# Time slices read at once, each on its own connection: PostgreSQL runs one query on one core,
+# and the conversion here needs a core too. Two measured best on two cores.
+PARALLEL_SLICES = 2
 # A row stamped later than the window's end by more than this is "in the future" (clock skew).
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -76,12 +77,8 @@ BASE_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("feedback_at", pa.timestamp("us", tz="UTC")),
     ("label", pa.string()),
 ]
-# Bookkeeping columns the query adds; tallied, then dropped before writing.
-_AUDIT_COLUMNS: list[tuple[str, pa.DataType]] = [
-    ("excluded", pa.string()),
-    ("feedback_excluded", pa.string()),
-    ("answers", pa.int64()),
-]
+# The query also returns bookkeeping columns (excluded, feedback_excluded, answers), tallied and
+# dropped, and the JSONB `features`, parsed into the columns that follow the base ones.
 
 
 @dataclass(frozen=True)
@@ -211,44 +208,21 @@ class Pseudonymizer:
         return pc.take(pc.take(self._digests, position), encoded.indices)
 
 
-def _feature_types(conn, window: Window, tables: Tables) -> dict[str, str]:
-    """Feature keys in the window's JSONB and whether each is numeric or text."""
-    query = sql.SQL(
-        """
-        SELECT key, bool_and(jsonb_typeof(features->key) = 'number')
-        FROM {predictions}, jsonb_object_keys(features) AS key
-        WHERE model_name = %s AND created_at > %s AND created_at <= %s AND consent
-        GROUP BY key ORDER BY key
-        """
-    ).format(predictions=sql.Identifier(tables.predictions))
-    with conn.cursor() as cur:
-        cur.execute(query, (window.model_name, window.start, window.end))
-        return {key: ("number" if numeric else "text") for key, numeric in cur.fetchall()}
-
-
 def extract_query(
     window: Window,
-    features: dict[str, str],
     options: Options = Options(),
     tables: Tables = Tables(),
     bounds: tuple[datetime, datetime] | None = None,
 ) -> sql.Composed:
     """One row per consenting prediction of the window (or of `bounds` within it), with its
-    latest feedback and audit columns, in (created_at, id) order."""
+    latest feedback, audit columns and JSONB features, in no particular order."""
     start, end = bounds or (window.start, window.end)
-    feature_columns = [
-        sql.SQL("(p.features->>{key})::{cast} AS {name}").format(
-            key=sql.Literal(key),
-            cast=sql.SQL("double precision" if kind == "number" else "text"),
-            name=sql.Identifier(key),
-        )
-        for key, kind in features.items()
-    ]
     known = list(options.known_labels)
-    # Set-based: the window's predictions are joined to all their answers up to the horizon at
-    # once (one hash join, no probe per prediction), then one sort in output order keeps each
-    # prediction's latest answer (ties broken by id) and counts them all in `answers` (older ones
-    # are duplicates). A "wrong" without a usable correction keeps its prediction, unlabelled.
+    # Each prediction is joined to its latest answer up to the horizon (ties broken by id), read
+    # in index order with how many answers it got (the older ones are duplicates). Answers are
+    # read from the slice's start on: an answer never precedes its prediction (clock skew aside).
+    # A "wrong" without a usable correction keeps its prediction, unlabelled. OFFSET 0 keeps each
+    # level a level: flattened, every use of `reason` would compute `label` and `answer` again.
     return sql.SQL(
         """
         SELECT p.id, p.created_at, p.model_version, p.answer AS predicted_label, p.confidence, p.latency_ms,
@@ -264,8 +238,8 @@ def extract_query(
                    WHEN {answer_unknown} THEN 'unknown_label'
                END AS excluded,
                p.reason AS feedback_excluded,
-               p.answers
-               {features}
+               p.answers,
+               p.features
         FROM (
             SELECT p.*,
                    CASE
@@ -276,23 +250,29 @@ def extract_query(
             FROM (
                 SELECT p.*, CASE WHEN p.is_correct THEN p.answer ELSE nullif(btrim(p.corrected_label), '') END AS label
                 FROM (
-                    SELECT DISTINCT ON (p.created_at, p.id)
-                           p.id, p.created_at, p.model_version, p.confidence, p.latency_ms, p.input_uri, p.user_id,
+                    SELECT p.id, p.created_at, p.model_version, p.confidence, p.latency_ms, p.input_uri, p.user_id,
                            p.features, coalesce(nullif(btrim(p.predicted_label), ''), p.predicted_value::text) AS answer,
-                           f.is_correct, f.corrected_label, f.comment, f.created_at AS feedback_at,
-                           nullif(count(f.id) OVER (PARTITION BY p.created_at, p.id), 0) AS answers
+                           f.is_correct, f.corrected_label, f.comment, f.created_at AS feedback_at, f.answers
                     FROM {predictions} p
-                    LEFT JOIN {feedback} f ON f.prediction_id = p.id AND f.created_at <= {horizon}
+                    LEFT JOIN (
+                        SELECT DISTINCT ON (prediction_id)
+                               prediction_id, is_correct, corrected_label, comment, created_at,
+                               count(*) OVER (PARTITION BY prediction_id ORDER BY created_at DESC, id DESC
+                                             ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS answers
+                        FROM {feedback}
+                        WHERE created_at > {answers_from} AND created_at <= {horizon}
+                        ORDER BY prediction_id, created_at DESC, id DESC
+                    ) f ON f.prediction_id = p.id
                     WHERE p.model_name = {model} AND p.consent
                       AND p.created_at > {start} AND p.created_at <= {end}
-                    ORDER BY p.created_at, p.id, f.created_at DESC, f.id DESC
+                    OFFSET 0
                 ) p
+                OFFSET 0
             ) p
+            OFFSET 0
         ) p
-        ORDER BY p.created_at, p.id
         """
     ).format(
-        features=sql.SQL("").join(sql.SQL(", ") + c for c in feature_columns),
         predictions=sql.Identifier(tables.predictions),
         feedback=sql.Identifier(tables.feedback),
         answer_unknown=_unknown(known, sql.SQL("p.answer")),
@@ -300,6 +280,7 @@ def extract_query(
         model=sql.Literal(window.model_name),
         start=sql.Literal(start),
         end=sql.Literal(end),
+        answers_from=sql.Literal(start - CLOCK_SKEW),
         horizon=sql.Literal(window.horizon),
     )
 
@@ -337,63 +318,46 @@ def _counts_query(window: Window, tables: Tables) -> sql.Composed:
 
 
 def extract(
-    conn,
+    dsn: str,
     window: Window,
     out_path: Path,
     options: Options = Options(),
     tables: Tables = Tables(),
     pseudonymizer: Pseudonymizer | None = None,
-    connect: Callable[[], Any] | None = None,
-    parallel: int = 1,
+    parallel: int = PARALLEL_SLICES,
 ) -> FeedbackStats:
     """Writes the window to `out_path` (Parquet, whole or not at all) and returns its statistics.
 
-    The counts and the rows come from one snapshot (a read-only repeatable-read transaction),
-    so the excluded rows and the extract always add up. With `connect` (opens a connection)
-    and `parallel` > 1, that many consecutive time slices are copied at once on their own
-    connections, all in the same exported snapshot; they are converted in order as they land.
+    The counts and the rows come from one snapshot (a read-only repeatable-read transaction
+    whose snapshot the streams share), so the excluded rows and the extract always add up.
+    `parallel` consecutive time slices are read at once.
     """
     started = time.monotonic()
     pseudonymizer = pseudonymizer or Pseudonymizer.from_env()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    slices = max(1, parallel) if connect is not None else 1
-    conn.rollback()  # set_session needs no transaction open
-    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    features = _FeatureColumns()
+    conn = store.connect(dsn)
     try:
-        with conn, tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as scratch:
-            features = _feature_types(conn, window, tables)
-            schema = pa.schema(
-                BASE_COLUMNS + _AUDIT_COLUMNS + [(k, pa.float64() if t == "number" else pa.string()) for k, t in features.items()]
-            )
-            queries = [
-                sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER true)")
-                .format(extract_query(window, features, options, tables, bounds))
-                .as_string(conn)
-                for bounds in _slices(window, slices)
-            ]
-            parts = [Path(scratch) / f"part-{i:03d}.csv" for i in range(len(queries))]
-            accumulator = _Accumulator(window, options)
+        conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        with conn, conn.cursor() as cur, tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as scratch:
+            cur.execute("SELECT pg_export_snapshot()")
+            snapshot = cur.fetchone()[0]
+            queries = [extract_query(window, options, tables, b).as_string(conn) for b in _slices(window, max(1, parallel))]
             staged = Path(scratch) / "extract.parquet"
-            with conn.cursor() as cur:
-                if slices == 1:
-                    _copy(cur, queries[0], parts[0])
-                    _csv_to_parquet(parts, schema, staged, accumulator, pseudonymizer)
-                else:
-                    cur.execute("SELECT pg_export_snapshot()")
-                    snapshot = cur.fetchone()[0]
-                    with ThreadPoolExecutor(slices, thread_name_prefix="copy") as pool:
-                        copies = [pool.submit(_copy_in_snapshot, connect, snapshot, q, p) for q, p in zip(queries, parts)]
-                        try:
-                            _csv_to_parquet(_in_order(copies, parts), schema, staged, accumulator, pseudonymizer)
-                        except BaseException:
-                            pool.shutdown(cancel_futures=True)
-                            raise
-                cur.execute(_counts_query(window, tables))
-                no_consent, future, orphans = cur.fetchone()
+            while True:  # once, or again with the wider feature columns a later batch revealed
+                accumulator = _Accumulator(window, options)
+                try:
+                    with store.arrow_batches(dsn, queries, snapshot) as batches:
+                        _write_parquet(map(_converter(pseudonymizer, features), batches), staged, accumulator, features)
+                    break
+                except _WiderFeatures as wider:
+                    log.info("%s: reading the window again with feature columns %s", wider, sorted(features.types))
+            cur.execute(_counts_query(window, tables))
+            no_consent, future, orphans = cur.fetchone()
             os.replace(staged, out_path)
     finally:
-        conn.set_session(isolation_level="DEFAULT", readonly="DEFAULT")
+        conn.close()
     accumulator.excluded["no_consent"] += no_consent
     accumulator.excluded["future_timestamp"] += future
     accumulator.excluded["unknown_prediction"] += orphans
@@ -401,8 +365,8 @@ def extract(
     elapsed = time.monotonic() - started
     dropped = ", ".join(f"{n} {reason}" for reason, n in stats.excluded.items() if n) or "none"
     log.info(
-        "extracted %d rows (%d with feedback) in %.1f s (%.0f rows/s, %d slice(s)); excluded: %s",
-        stats.rows, stats.feedback_count, elapsed, stats.rows / max(elapsed, 1e-9), slices, dropped,
+        "extracted %d rows (%d with feedback, %d feature columns) in %.1f s (%.0f rows/s); excluded: %s",
+        stats.rows, stats.feedback_count, len(features.types), elapsed, stats.rows / max(elapsed, 1e-9), dropped,
     )
     return stats
 
@@ -414,58 +378,149 @@ def _slices(window: Window, n: int) -> list[tuple[datetime, datetime]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _copy(cur, query: str, path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        cur.copy_expert(query, handle)
+def _converter(pseudonymizer: Pseudonymizer, features: "_FeatureColumns") -> Callable[[pa.RecordBatch], tuple]:
+    """What becomes of each batch: the batch, its usable rows, and these as the table to write
+    (user ids hashed, features typed; None when no row is usable). Converting on the streams'
+    threads instead was measured slower: the streams must keep reading."""
+
+    def convert(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch, pa.Table | None]:
+        kept = usable_rows(batch)
+        if kept.num_rows == 0:
+            return batch, kept, None
+        columns = [pseudonymizer.apply(kept.column(n)) if n == "user_id" else kept.column(n) for n, _ in BASE_COLUMNS]
+        parsed, schema = features.parse(kept.column("features"))
+        return batch, kept, pa.Table.from_arrays(columns + parsed, schema=schema)
+
+    return convert
 
 
-def _copy_in_snapshot(connect: Callable[[], Any], snapshot: str, query: str, path: Path) -> None:
-    conn = connect()
+def usable_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
+    excluded = batch.column("excluded")
+    return batch if excluded.null_count == len(excluded) else batch.filter(pc.is_null(excluded))
+
+
+def _write_parquet(converted: Iterable[tuple], path: Path, accumulator: "_Accumulator", features: "_FeatureColumns") -> None:
+    """Tallies every batch and writes its usable rows."""
+    writer: pq.ParquetWriter | None = None
     try:
-        conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
-        with conn, conn.cursor() as cur:
-            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
-            _copy(cur, query, path)
+        for batch, kept, table in converted:
+            accumulator.add(batch, kept)
+            if table is None:
+                continue
+            if writer is None:
+                writer = _parquet_writer(path, table.schema)
+            writer.write_table(table)
+        if writer is None:  # an empty window is a valid, empty dataset
+            writer = _parquet_writer(path, features.schema())
     finally:
-        conn.close()
+        if writer is not None:
+            writer.close()
 
 
-def _in_order(copies: list[Future], parts: list[Path]) -> Iterator[Path]:
-    for copy, part in zip(copies, parts):
-        copy.result()  # re-raises a slice's error
-        yield part
+def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    # Dictionary encoding only pays on repeated values: not on ids, digests and numbers.
+    dictionary = [f.name for f in schema if pa.types.is_string(f.type) and f.name not in {"id", "user_id", "input_uri"}]
+    return pq.ParquetWriter(path, schema, use_dictionary=dictionary)
 
 
-def _csv_to_parquet(
-    csv_paths: Iterable[Path], schema: pa.Schema, parquet_path: Path, accumulator: "_Accumulator", pseudonymizer: Pseudonymizer
-) -> int:
-    keep = [name for name in schema.names if name not in {c for c, _ in _AUDIT_COLUMNS}]
-    out_schema = pa.schema([schema.field(name) for name in keep])
-    convert = pacsv.ConvertOptions(column_types=schema, strings_can_be_null=True, true_values=["t"], false_values=["f"])
-    # Dictionary encoding only pays on repeated values: not on ids and digests.
-    dictionary = [name for name in keep if name not in {"id", "user_id", "input_uri"}]
-    # The CSV reader reads ahead a number of blocks: small blocks keep memory flat. Batches are
-    # gathered into row groups of ROW_GROUP_ROWS, so readers of the Parquet file are not slowed.
-    read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES)
-    rows, pending, pending_rows = 0, [], 0
-    with pq.ParquetWriter(parquet_path, out_schema, use_dictionary=dictionary) as writer:
-        for csv_path in csv_paths:
-            with open(csv_path, "rb") as handle:
-                for batch in pacsv.open_csv(handle, convert_options=convert, read_options=read):
-                    kept = accumulator.add(batch)
-                    if kept.num_rows == 0:
-                        continue
-                    columns = [pseudonymizer.apply(kept.column(n)) if n == "user_id" else kept.column(n) for n in keep]
-                    pending.append(pa.RecordBatch.from_arrays(columns, schema=out_schema))
-                    pending_rows += kept.num_rows
-                    if pending_rows >= ROW_GROUP_ROWS:
-                        writer.write_table(pa.Table.from_batches(pending), row_group_size=pending_rows)
-                        rows, pending, pending_rows = rows + pending_rows, [], 0
-            csv_path.unlink()  # disk bounded by the slices still in flight
-        if pending:
-            writer.write_table(pa.Table.from_batches(pending), row_group_size=pending_rows)
-            rows += pending_rows
-    return rows
+class _WiderFeatures(Exception):
+    """A batch held a feature key or a text value the columns written so far cannot take."""
+
+
+class _FeatureColumns:
+    """The JSONB features as typed columns, keys in sorted order: a key is a number column when
+    every value is a number, else text (strings as they are; booleans and nested values as
+    JSON text, as PostgreSQL's ->> gives them).
+
+    The types are set from the first batch (in Python), then each batch is parsed in Arrow against
+    them. A batch Arrow cannot parse against them (a text value under a number key, a nested
+    value) is read in Python; if it needs wider columns (a new key, text under a number key), the
+    types widen and `_WiderFeatures` asks for the window to be read again: a rare, one-off cost.
+    """
+
+    def __init__(self) -> None:
+        self.types: dict[str, pa.DataType] = {}
+        self._known = False
+
+    def schema(self) -> pa.Schema:
+        return pa.schema(BASE_COLUMNS + sorted(self.types.items()))
+
+    def parse(self, column: pa.Array) -> tuple[list[pa.ChunkedArray | pa.Array], pa.Schema]:
+        """The feature columns of `column`'s JSON texts, and the whole extract's schema with them."""
+        texts = column.storage if isinstance(column.type, pa.BaseExtensionType) else column
+        if not self._known:
+            self.types, self._known = _types_inferred(texts), True
+        types = dict(sorted(self.types.items()))
+        if not types:
+            return [], self.schema()
+        options = pajson.ParseOptions(explicit_schema=pa.schema(list(types.items())), unexpected_field_behavior="error")
+        try:
+            table = pajson.read_json(pa.BufferReader(_lines(texts)), parse_options=options, read_options=_ONE_THREAD)
+        except pa.ArrowInvalid:
+            return self._parse_in_python(texts, types)
+        return [table.column(name) for name in types], pa.schema(BASE_COLUMNS + list(types.items()))
+
+    def _parse_in_python(self, texts: pa.Array, types: dict[str, pa.DataType]) -> tuple[list[pa.Array], pa.Schema]:
+        objects = _loads(texts)
+        seen = _types_of(objects)
+        wider = {k: pa.string() if pa.string() in (t, seen.get(k)) else t for k, t in {**seen, **types}.items()}
+        if wider != types:
+            added = sorted(set(wider) - set(types)) or sorted(k for k in wider if wider[k] != types[k])
+            self.types = wider
+            raise _WiderFeatures(f"feature column(s) {', '.join(added)} appeared or turned to text after the first batch")
+        columns = [_feature_array(objects, name, kind) for name, kind in types.items()]
+        return columns, pa.schema(BASE_COLUMNS + list(types.items()))
+
+
+_RESERVED = {name for name, _ in BASE_COLUMNS}
+# The server and the batches' conversion already keep both cores busy: more threads only cost.
+_ONE_THREAD = pajson.ReadOptions(use_threads=False, block_size=1 << 26)
+
+
+def _loads(texts: pa.Array) -> list[dict]:
+    """Each row's features as a dict (a JSON value that is no object counts as none)."""
+    objects = [json.loads(t) if t is not None else None for t in texts.to_pylist()]
+    return [o if isinstance(o, dict) else {} for o in objects]
+
+
+def _types_inferred(texts: pa.Array) -> dict[str, pa.DataType]:
+    """The types of the keys in `texts`, inferred by Arrow; in Python when Arrow's inference
+    cannot tell (mixed or nested values, booleans, strings it would read as timestamps)."""
+    try:
+        inferred = pajson.read_json(pa.BufferReader(_lines(texts)), read_options=_ONE_THREAD).schema
+    except pa.ArrowInvalid:
+        return _types_of(_loads(texts))
+    plain = {pa.float64(), pa.int64(), pa.string(), pa.null()}
+    if any(f.type not in plain for f in inferred) or set(inferred.names) & _RESERVED:
+        return _types_of(_loads(texts))
+    return {f.name: pa.string() if f.type == pa.string() else pa.float64() for f in sorted(inferred, key=lambda f: f.name)}
+
+
+def _types_of(objects: list[dict]) -> dict[str, pa.DataType]:
+    """float64 for keys whose values are all numbers (or null), string for the others."""
+    text: set[str] = set()
+    keys: set[str] = set()
+    for o in objects:
+        keys.update(o)
+        text.update(k for k, v in o.items() if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))))
+    clashing = keys & _RESERVED
+    if clashing:
+        log.warning("feature key(s) %s clash with extract columns and are left out", sorted(clashing))
+    return {k: pa.string() if k in text else pa.float64() for k in sorted(keys - _RESERVED)}
+
+
+def _feature_array(objects: list[dict], name: str, kind: pa.DataType) -> pa.Array:
+    values = [o.get(name) for o in objects]
+    if kind == pa.float64():
+        return pa.array(values, pa.float64())
+    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
+
+
+def _lines(texts: pa.Array) -> pa.Buffer:
+    """The JSON texts as newline-delimited JSON, built in Arrow (no Python loop)."""
+    joined = pc.binary_join_element_wise(pc.fill_null(texts, "{}"), "", "\n")
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)[joined.offset : joined.offset + len(joined) + 1]
+    return joined.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
 
 
 class _Accumulator:
@@ -488,12 +543,10 @@ class _Accumulator:
         self.feedback_tail: pa.Table | None = None
         self.latency_tail: pa.Table | None = None
 
-    def add(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """Tallies `batch`; returns its usable rows."""
+    def add(self, batch: pa.RecordBatch, kept: pa.RecordBatch) -> None:
+        """Tallies `batch`, whose usable rows are `kept` (`usable_rows(batch)`)."""
         for reason, n in _value_counts(batch.column("excluded")).items():
             self.excluded[reason] += n
-        usable = pc.is_null(batch.column("excluded"))
-        kept = batch.filter(usable)
         for reason, n in _value_counts(kept.column("feedback_excluded")).items():
             self.excluded[reason] += n
         answers = kept.column("answers")
@@ -529,7 +582,6 @@ class _Accumulator:
         slim = pa.table({"id": kept.column("id"), "created_at": created, "is_correct": is_correct, "latency_ms": latency})
         self.feedback_tail = _newest(self.feedback_tail, slim.filter(has_feedback), self.options.recent_feedback)
         self.latency_tail = _newest(self.latency_tail, slim.filter(pc.is_valid(latency)), self.options.recent_latency)
-        return kept
 
     def stats(self) -> FeedbackStats:
         o, w = self.options, self.window
@@ -584,12 +636,18 @@ def _value_counts(column: pa.Array) -> dict[str, int]:
 
 
 def _newest(tail: pa.Table | None, batch: pa.Table, n: int) -> pa.Table | None:
-    """The `n` newest rows of `tail` then `batch`: the query orders rows by (created_at, id)."""
+    """The `n` newest rows, by (created_at, id), of `tail` and `batch`: batches come in any order."""
     if n <= 0:
         return None
-    batch = batch.slice(max(0, batch.num_rows - n))
+    if tail is not None and tail.num_rows >= n:  # only rows as new as the oldest kept can enter
+        batch = batch.filter(pc.greater_equal(batch["created_at"], pc.min(tail["created_at"])))
+    if batch.num_rows > n:  # a cheap cut on time alone first (ties kept), then the exact order
+        newest = batch["created_at"].take(pc.top_k_unstable(batch["created_at"], n))
+        batch = batch.filter(pc.greater_equal(batch["created_at"], pc.min(newest)))
     both = batch if tail is None else pa.concat_tables([tail, batch])
-    return both.slice(max(0, both.num_rows - n))
+    if both.num_rows <= n:
+        return both
+    return both.take(pc.select_k_unstable(both, k=n, sort_keys=[("created_at", "descending"), ("id", "descending")]))
 
 
 def training_rows(reference_data_uri: str) -> int:

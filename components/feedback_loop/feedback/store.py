@@ -6,12 +6,16 @@ it is never logged nor put in an error message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import re
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
@@ -19,6 +23,9 @@ from psycopg2 import sql
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from feedback_loop.errors import DatabaseUnreachable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +95,16 @@ MIGRATIONS: list[str] = [
     CREATE INDEX feedback_created_at ON feedback (created_at) INCLUDE (prediction_id);
     CREATE INDEX retrain_runs_model_time ON retrain_runs (model_name, started_at);
     """,
+    # 3: each prediction's answers newest first, ties by id, straight from the index: the
+    # extraction keeps the first of each and counts the rest without sorting.
+    """
+    CREATE INDEX feedback_prediction_latest ON feedback (prediction_id, created_at DESC, id DESC);
+    DROP INDEX feedback_prediction;
+    """,
 ]
+
+# Settings of the extraction's read-only sessions: its hash join holds a window's answers.
+EXTRACT_SESSION = ("SET work_mem = '256MB'",)
 
 
 @retry(
@@ -110,12 +126,87 @@ def connect(dsn: str | None) -> psycopg2.extensions.connection:
     try:
         return _connect_with_retries(dsn)
     except psycopg2.OperationalError as err:
-        # psycopg2's message can echo host and user; keep only its first line, never the DSN.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        first = first.replace(dsn, "<DATABASE_URL>")
+        # The driver's message can echo host and user; keep only its first line, never the DSN.
         raise DatabaseUnreachable(
-            f"feedback database unreachable after 4 attempts ({_redact(first)}): check DATABASE_URL and that the server is up"
+            f"feedback database unreachable after 4 attempts ({_first_line(err, dsn)}): check DATABASE_URL and that the server is up"
         ) from None
+
+
+@contextlib.contextmanager
+def arrow_batches(dsn: str, queries: Sequence[str], snapshot: str, depth: int = 2) -> Iterator[Iterator["pa.RecordBatch"]]:
+    """The rows of `queries` as Arrow record batches, yielded as they arrive.
+
+    Each query runs on a connection and a thread of its own, all in the exported `snapshot`,
+    as a binary COPY that ADBC's PostgreSQL driver reads straight into Arrow: no text to
+    format on the server nor to parse here. A bounded queue keeps memory flat (a reader
+    that falls behind holds the server back); leaving the block stops every query.
+    """
+    import adbc_driver_postgresql.dbapi as adbc
+
+    if not re.fullmatch(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?", snapshot):
+        raise ValueError(f"not a snapshot id: {snapshot!r}")
+    arrived: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                arrived.put(item, timeout=0.1)
+                return
+
+    def run(query: str) -> None:
+        try:
+            try:
+                conn = adbc.connect(dsn, autocommit=True)
+            except adbc.Error as err:
+                raise DatabaseUnreachable(f"feedback database unreachable ({_first_line(err, dsn)}): check DATABASE_URL") from None
+            with conn, conn.cursor() as cur:
+                cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+                for setting in EXTRACT_SESSION:
+                    cur.execute(setting)
+                cur.execute(query)
+                reader = cur.fetch_record_batch()
+                try:
+                    for batch in reader:
+                        if stop.is_set():
+                            break
+                        put(batch)
+                finally:
+                    reader.close()
+        except BaseException as err:  # handed to the reader of the batches
+            put(err)
+        finally:
+            put(done)
+
+    threads = [threading.Thread(target=run, args=(q,), name=f"stream-{i}", daemon=True) for i, q in enumerate(queries)]
+    for thread in threads:
+        thread.start()
+
+    def batches() -> Iterator["pa.RecordBatch"]:
+        running = len(threads)
+        while running:
+            item = arrived.get()
+            if item is done:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+
+    try:
+        yield batches()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+def _first_line(err: Exception, dsn: str) -> str:
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    return _redact(first.replace(dsn, "<DATABASE_URL>"))
 
 
 def _redact(text: str) -> str:
