@@ -3,11 +3,13 @@
 Seeds 1,000,000 predictions, each with feedback (plus a few bad rows of every kind), and
 times, on the same query and the same warm server:
 
-* ours: `feedback.core.extract` as the pipeline runs it (time slices copied at once in one
-  snapshot -> CSV -> Parquet, exclusions, HMAC ids, statistics), in a child process so its
-  peak RSS is its own;
-* COPY (the same query) TO STDOUT into /dev/null;
+* ours: `feedback.core.extract` as the pipeline runs it (time slices streamed at once in one
+  snapshot as binary COPY -> Arrow -> Parquet, exclusions, HMAC ids, typed features,
+  statistics), in a child process so its peak RSS is its own;
+* COPY (the same query) TO STDOUT (CSV) into /dev/null;
 * pandas.read_sql of the same query (what users write first).
+
+COPY and read_sql run under the same session settings as ours (`store.EXTRACT_SESSION`).
 
 Then it grows the table to 3,000,000 rows and extracts again, for the memory check. The last
 line is one JSON object. Uses DATABASE_URL's server when set (in a scratch database it drops
