@@ -103,6 +103,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+BATCH_BYTES = 4 << 20
 # Settings of the extraction's read-only sessions: its hash join holds a window's answers.
 EXTRACT_SESSION = ("SET work_mem = '256MB'",)
 
@@ -142,6 +143,7 @@ def arrow_batches(dsn: str, queries: Sequence[str], snapshot: str, depth: int = 
     that falls behind holds the server back); leaving the block stops every query.
     """
     import adbc_driver_postgresql.dbapi as adbc
+    from adbc_driver_postgresql import StatementOptions
 
     if not re.fullmatch(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?", snapshot):
         raise ValueError(f"not a snapshot id: {snapshot!r}")
@@ -166,6 +168,8 @@ def arrow_batches(dsn: str, queries: Sequence[str], snapshot: str, depth: int = 
                 cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
                 for setting in EXTRACT_SESSION:
                     cur.execute(setting)
+                # Batches of ~4 MB: small enough that those in flight keep memory flat.
+                cur.adbc_statement.set_options(**{StatementOptions.BATCH_SIZE_HINT_BYTES.value: str(BATCH_BYTES)})
                 cur.execute(query)
                 reader = cur.fetch_record_batch()
                 try:
