@@ -8,7 +8,6 @@ import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import psycopg2
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner

@@ -25,7 +25,6 @@ def check(settings: Any, dsn: str | None, now: datetime | None = None, target: A
     from feedback_loop.deploy import core as deploy
     from feedback_loop.drift import core as drift
     from feedback_loop.feedback import core as feedback
-    from feedback_loop.feedback import store
 
     target = target or deploy.make_target(settings.deploy_target, settings.model_store_uri, settings.model_name, settings.namespace)
     production = deploy.describe(target.read())

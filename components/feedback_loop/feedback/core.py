@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -349,7 +349,7 @@ def extract(
                 accumulator = _Accumulator(window, options)
                 try:
                     with store.arrow_batches(dsn, queries, snapshot) as batches:
-                        _write_parquet(map(_converter(pseudonymizer, features), batches), staged, accumulator, features)
+                        _write_parquet(batches, staged, accumulator, pseudonymizer, features)
                     break
                 except _WiderFeatures as wider:
                     log.info("%s: reading the window again with feature columns %s", wider, sorted(features.types))
@@ -378,35 +378,23 @@ def _slices(window: Window, n: int) -> list[tuple[datetime, datetime]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _converter(pseudonymizer: Pseudonymizer, features: "_FeatureColumns") -> Callable[[pa.RecordBatch], tuple]:
-    """What becomes of each batch: the batch, its usable rows, and these as the table to write
-    (user ids hashed, features typed; None when no row is usable). Converting on more threads
-    was measured no faster: the server and this already keep both cores busy."""
-
-    def convert(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch, pa.Table | None]:
-        kept = usable_rows(batch)
-        if kept.num_rows == 0:
-            return batch, kept, None
-        columns = [pseudonymizer.apply(kept.column(n)) if n == "user_id" else kept.column(n) for n, _ in BASE_COLUMNS]
-        parsed, schema = features.parse(kept.column("features"))
-        return batch, kept, pa.Table.from_arrays(columns + parsed, schema=schema)
-
-    return convert
-
-
-def usable_rows(batch: pa.RecordBatch) -> pa.RecordBatch:
-    excluded = batch.column("excluded")
-    return batch if excluded.null_count == len(excluded) else batch.filter(pc.is_null(excluded))
-
-
-def _write_parquet(converted: Iterable[tuple], path: Path, accumulator: "_Accumulator", features: "_FeatureColumns") -> None:
-    """Tallies every batch and writes its usable rows."""
+def _write_parquet(
+    batches: Iterable[pa.RecordBatch],
+    path: Path,
+    accumulator: "_Accumulator",
+    pseudonymizer: Pseudonymizer,
+    features: "_FeatureColumns",
+) -> None:
+    """Tallies every batch and writes its usable rows, user ids hashed and features typed.
+    (Converting on more threads was measured no faster: the server and this keep both cores busy.)"""
     writer: pq.ParquetWriter | None = None
     try:
-        for batch, kept, table in converted:
-            accumulator.add(batch, kept)
-            if table is None:
+        for batch in batches:
+            kept = accumulator.add(batch)
+            if kept.num_rows == 0:
                 continue
+            columns = [pseudonymizer.apply(kept.column(n)) if n == "user_id" else kept.column(n) for n, _ in BASE_COLUMNS]
+            table = pa.Table.from_arrays(columns + features.parse(kept.column("features")), schema=features.schema())
             if writer is None:
                 writer = _parquet_writer(path, table.schema)
             writer.write_table(table)
@@ -432,44 +420,42 @@ class _FeatureColumns:
     every value is a number, else text (strings as they are; booleans and nested values as
     JSON text, as PostgreSQL's ->> gives them).
 
-    The types are set from the first batch (in Python), then each batch is parsed in Arrow against
-    them. A batch Arrow cannot parse against them (a text value under a number key, a nested
+    The types are set from the first batch (inferred by Arrow, or in Python where Arrow cannot
+    tell), then each batch is parsed in Arrow against them. A batch Arrow cannot parse against them (a text value under a number key, a nested
     value) is read in Python; if it needs wider columns (a new key, text under a number key), the
     types widen and `_WiderFeatures` asks for the window to be read again: a rare, one-off cost.
     """
 
     def __init__(self) -> None:
-        self.types: dict[str, pa.DataType] = {}
+        self.types: dict[str, pa.DataType] = {}  # always in sorted key order
         self._known = False
 
     def schema(self) -> pa.Schema:
-        return pa.schema(BASE_COLUMNS + sorted(self.types.items()))
+        """The whole extract's schema: the base columns, then the feature columns."""
+        return pa.schema(BASE_COLUMNS + list(self.types.items()))
 
-    def parse(self, column: pa.Array) -> tuple[list[pa.ChunkedArray | pa.Array], pa.Schema]:
-        """The feature columns of `column`'s JSON texts, and the whole extract's schema with them."""
+    def parse(self, column: pa.Array) -> list[pa.ChunkedArray | pa.Array]:
+        """The feature columns (in `schema()`'s order) of `column`'s JSON texts."""
         texts = column.storage if isinstance(column.type, pa.BaseExtensionType) else column
         if not self._known:
             self.types, self._known = _types_inferred(texts), True
-        types = dict(sorted(self.types.items()))
-        if not types:
-            return [], self.schema()
-        options = pajson.ParseOptions(explicit_schema=pa.schema(list(types.items())), unexpected_field_behavior="error")
+        if not self.types:
+            return []
+        options = pajson.ParseOptions(explicit_schema=pa.schema(list(self.types.items())), unexpected_field_behavior="error")
         try:
             table = pajson.read_json(pa.BufferReader(_lines(texts)), parse_options=options, read_options=_ONE_THREAD)
         except pa.ArrowInvalid:
-            return self._parse_in_python(texts, types)
-        return [table.column(name) for name in types], pa.schema(BASE_COLUMNS + list(types.items()))
+            return self._parse_in_python(texts)
+        return [table.column(name) for name in self.types]
 
-    def _parse_in_python(self, texts: pa.Array, types: dict[str, pa.DataType]) -> tuple[list[pa.Array], pa.Schema]:
+    def _parse_in_python(self, texts: pa.Array) -> list[pa.Array]:
         objects = _loads(texts)
-        seen = _types_of(objects)
-        wider = _widest(types, seen)
-        if wider != types:
-            added = sorted(set(wider) - set(types)) or sorted(k for k in wider if wider[k] != types[k])
+        wider = _widest(self.types, _types_of(objects))
+        if wider != self.types:
+            added = sorted(set(wider) - set(self.types)) or sorted(k for k in wider if wider[k] != self.types[k])
             self.types = wider
             raise _WiderFeatures(f"feature column(s) {', '.join(added)} appeared or turned to text after the first batch")
-        columns = [_feature_array(objects, name, kind) for name, kind in types.items()]
-        return columns, pa.schema(BASE_COLUMNS + list(types.items()))
+        return [_feature_array(objects, name, kind) for name, kind in self.types.items()]
 
 
 _RESERVED = {name for name, _ in BASE_COLUMNS}
@@ -548,10 +534,12 @@ class _Accumulator:
         self.feedback_tail: pa.Table | None = None
         self.latency_tail: pa.Table | None = None
 
-    def add(self, batch: pa.RecordBatch, kept: pa.RecordBatch) -> None:
-        """Tallies `batch`, whose usable rows are `kept` (`usable_rows(batch)`)."""
-        for reason, n in _value_counts(batch.column("excluded")).items():
+    def add(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Tallies `batch`; returns its usable rows."""
+        excluded = batch.column("excluded")
+        for reason, n in _value_counts(excluded).items():
             self.excluded[reason] += n
+        kept = batch if excluded.null_count == len(excluded) else batch.filter(pc.is_null(excluded))
         for reason, n in _value_counts(kept.column("feedback_excluded")).items():
             self.excluded[reason] += n
         answers = kept.column("answers")
@@ -587,6 +575,7 @@ class _Accumulator:
         slim = pa.table({"id": kept.column("id"), "created_at": created, "is_correct": is_correct, "latency_ms": latency})
         self.feedback_tail = _newest(self.feedback_tail, slim.filter(has_feedback), self.options.recent_feedback)
         self.latency_tail = _newest(self.latency_tail, slim.filter(pc.is_valid(latency)), self.options.recent_latency)
+        return kept
 
     def stats(self) -> FeedbackStats:
         o, w = self.options, self.window

@@ -103,6 +103,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+# Arrow batches of ~4 MB: small enough that those in flight keep the extraction's memory flat.
 BATCH_BYTES = 4 << 20
 # Settings of the extraction's read-only sessions: its hash join holds a window's answers.
 EXTRACT_SESSION = ("SET work_mem = '256MB'",)
@@ -168,7 +169,6 @@ def arrow_batches(dsn: str, queries: Sequence[str], snapshot: str, depth: int = 
                 cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
                 for setting in EXTRACT_SESSION:
                     cur.execute(setting)
-                # Batches of ~4 MB: small enough that those in flight keep memory flat.
                 cur.adbc_statement.set_options(**{StatementOptions.BATCH_SIZE_HINT_BYTES.value: str(BATCH_BYTES)})
                 cur.execute(query)
                 reader = cur.fetch_record_batch()
