@@ -18,7 +18,8 @@ from feedback_loop.decide import check, core
 from feedback_loop.decide.component import decide_retrain
 from feedback_loop.errors import SettingsError
 from feedback_loop.feedback import store
-from feedback_loop.settings import RULE_NAMES, Settings, load
+from feedback_loop.decide.rules import NAMES
+from feedback_loop.settings import Settings, load
 
 POLICY = core.Policy(min_feedback=100, min_negative=20, min_positive_rate=0.70)
 
@@ -97,8 +98,7 @@ def test_no_second_rollout_while_one_is_in_progress() -> None:
 
 
 def test_settings_know_the_same_rules() -> None:
-    assert RULE_NAMES == core.RULES
-    assert tuple(Settings.model_fields["rules"].default_factory()) == core.RULES
+    assert tuple(Settings.model_fields["rules"].default_factory()) == NAMES
     assert check.policy_of(load()) == core.Policy()
 
 
@@ -132,7 +132,7 @@ policies = st.builds(
     max_keyword_hits=st.integers(min_value=0, max_value=100),
     min_new_data_share=st.floats(min_value=0.0, max_value=2.0, allow_nan=False),
     max_model_age_days=st.floats(min_value=1.0, max_value=365.0, allow_nan=False),
-    rules=st.lists(st.sampled_from(core.RULES), unique=True).map(tuple),
+    rules=st.lists(st.sampled_from(NAMES), unique=True).map(tuple),
 )
 
 
@@ -157,7 +157,7 @@ def test_retrain_is_the_disjunction_of_the_enabled_rules_unless_a_rollout_runs(s
     fired = {r.name for r in decision.fired}
     assert fired == expected_firing(s, p)
     assert decision.retrain == (bool(fired) and not s.rollout_in_progress)
-    assert [r.name for r in decision.rules] == [*core.RULES, "force"]
+    assert [r.name for r in decision.rules] == [*NAMES, "force"]
     assert all(r.enabled == (r.name in p.rules or r.name == "force") for r in decision.rules)
     assert decision.reasons and all(reason.strip() for reason in decision.reasons)
     if decision.retrain:
@@ -165,7 +165,7 @@ def test_retrain_is_the_disjunction_of_the_enabled_rules_unless_a_rollout_runs(s
 
 
 @settings(max_examples=200, deadline=None)
-@given(all_signals, policies, st.sampled_from(core.RULES))
+@given(all_signals, policies, st.sampled_from(NAMES))
 def test_disabling_a_rule_never_causes_a_retrain(s: core.Signals, p: core.Policy, rule: str) -> None:
     fewer = core.Policy(**{**p.__dict__, "rules": tuple(r for r in p.rules if r != rule)})
     assert core.decide(s, fewer).retrain <= core.decide(s, p).retrain

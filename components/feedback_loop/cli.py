@@ -83,38 +83,27 @@ def pipeline_arguments(settings: Settings) -> dict[str, Any]:
 @click.option("--registry", default=None, help="Container registry of the component images (default ghcr.io/feedback-loop).")
 @click.option(
     "--accelerator-type",
-    default=None,
-    help="Kubernetes resource of the training task's accelerator (default nvidia.com/gpu), e.g. amd.com/gpu.",
+    default="nvidia.com/gpu",
+    show_default=True,
+    help="Kubernetes resource of the training task's accelerator, e.g. amd.com/gpu.",
 )
-@click.option("--accelerator-count", type=click.IntRange(0), default=None, help="Accelerators for the training task (default 1).")
+@click.option("--accelerator-count", type=click.IntRange(0), default=1, show_default=True, help="Accelerators for the training task (0: none).")
 def compile(  # noqa: A001 (the command's name)
-    output: Path | None, registry: str | None, accelerator_type: str | None = None, accelerator_count: int | None = None
+    output: Path | None, registry: str | None, accelerator_type: str = "nvidia.com/gpu", accelerator_count: int = 1
 ) -> None:
     """Compile the retraining pipeline to YAML (deterministic: same code, same bytes)."""
     from kfp import compiler
 
     from feedback_loop import local
     from feedback_loop.images import DEFAULT_REGISTRY
-    from feedback_loop.pipelines.retraining_pipeline import retraining_pipeline
+    from feedback_loop.pipelines.retraining_pipeline import build_pipeline
 
     output = output or local.PIPELINE_YAML
     with tempfile.TemporaryDirectory() as scratch:
         staged = Path(scratch) / output.name
-        compiler.Compiler().compile(retraining_pipeline, str(staged))
+        compiler.Compiler().compile(build_pipeline(accelerator_type, accelerator_count), str(staged))
         if registry:
             staged.write_text(staged.read_text().replace(f"{DEFAULT_REGISTRY}/", f"{registry.rstrip('/')}/"))
-        if accelerator_type:
-            # A compile-time value: the pipeline names nvidia.com/gpu, as `type` and `resourceType`.
-            text = staged.read_text()
-            for key in ("type", "resourceType"):
-                text = text.replace(f" {key}: nvidia.com/gpu\n", f" {key}: {accelerator_type}\n")
-            staged.write_text(text)
-        if accelerator_count is not None:
-            # The training task is the only one with an accelerator: its count is written twice.
-            text = staged.read_text()
-            for key in ("count", "resourceCount"):
-                text = text.replace(f"            {key}: '1'\n", f"            {key}: '{accelerator_count}'\n")
-            staged.write_text(text)
         shutil.move(staged, output)
     click.echo(f"wrote {output}")
 

@@ -17,97 +17,105 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from feedback_loop.errors import SettingsError
 
 ENV_PREFIX = "RETRAIN_"
-RULE_NAMES = ("user_feedback", "error_rate", "latency", "keywords", "new_data", "input_drift", "model_age")
-RuleName = Literal["user_feedback", "error_rate", "latency", "keywords", "new_data", "input_drift", "model_age"]
+# Settings that are no pipeline parameter: the log level is the process's, the DSN a secret.
+NOT_PIPELINE_PARAMETERS = ("log_level", "database_url")
+
+
+def _rule_names() -> list[str]:
+    # Late import: the registry's rules read their thresholds' defaults from this module.
+    from feedback_loop.decide.rules import NAMES
+
+    return list(NAMES)
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     # What is served and where its versions live.
-    model_name: str = Field("cats-vs-dogs", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=45)
-    model_store_uri: str = "file://local_outputs/model-store"
+    model_name: str = Field("cats-vs-dogs", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=45, description="Name of the served model (and of its InferenceService).")
+    model_store_uri: str = Field("file://local_outputs/model-store", description="Model store root (file:// or gs://).")
 
     # Feedback window and the retrain policy.
-    days_back: int = Field(30, ge=1, le=3650)
-    min_feedback: int = Field(100, ge=0)
-    min_negative: int = Field(20, ge=0)
-    min_positive_rate: float = Field(0.70, ge=0.0, le=1.0)
-    drift_p_value: float = Field(0.05, gt=0.0, lt=1.0)
-    min_drift_rows: int = Field(30, ge=2)
-    drift_correction: Literal["bonferroni", "fdr"] = "bonferroni"
-    drift_engine: Literal["alibi", "scipy"] = "alibi"  # scipy: same p-values without alibi-detect's licence
-    drift_share_threshold: float = Field(0.0, ge=0.0, lt=1.0)  # dataset drift when this share of features is exceeded; 0: any
-    drift_max_rows: int = Field(1_000_000, ge=100)  # per side; above it a seeded uniform sample is tested
-    drift_feature_types: dict[str, Literal["numeric", "categorical", "ignore"]] = Field(default_factory=dict)
-    force: bool = False
-    # The other retrain rules; `rules` lists the enabled ones, e.g. RETRAIN_RULES=user_feedback,input_drift.
-    rules: Annotated[list[RuleName], NoDecode] = Field(default_factory=lambda: list(RULE_NAMES))
-    max_error_rate: float = Field(0.05, ge=0.0, le=1.0)
-    error_rate_days: int = Field(7, ge=1, le=365)
-    max_recent_latency_ratio: float = Field(1.5, gt=0.0)  # mean of the last 50 served vs the baseline
-    latency_baseline_ms: float = Field(0.0, ge=0.0)  # 0: the window's earlier predictions
-    keywords: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["flou", "mauvais", "incorrect", "wrong", "blurry"])
-    max_keyword_hits: int = Field(10, ge=0)
-    min_new_data_share: float = Field(0.20, ge=0.0)
-    max_model_age_days: float = Field(90.0, gt=0.0)
-    known_labels: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any non-blank label
-    dry_run: bool = False  # train and evaluate, but neither publish nor deploy
-    retention_days: int = Field(180, ge=1)  # `feedback-loop purge` and the clean-up step delete older rows
+    days_back: int = Field(30, ge=1, le=3650, description="Length of the feedback window, in days, ending now.")
+    min_feedback: int = Field(100, ge=0, description="Fewest answers the feedback rules judge on (user_feedback, error_rate, new_data).")
+    min_negative: int = Field(20, ge=0, description="user_feedback: fewest negative answers.")
+    min_positive_rate: float = Field(0.70, ge=0.0, le=1.0, description="user_feedback: retrain when satisfaction is below this share.")
+    drift_p_value: float = Field(0.05, gt=0.0, lt=1.0, description="Significance level before the correction for the number of features.")
+    min_drift_rows: int = Field(30, ge=2, description="Fewest current rows (and labelled rows, for residual drift) worth testing.")
+    drift_correction: Literal["bonferroni", "fdr"] = Field("bonferroni", description="\"bonferroni\" or \"fdr\" (Benjamini-Hochberg).")
+    drift_engine: Literal["alibi", "scipy"] = Field("alibi", description="\"alibi\" (alibi-detect) or \"scipy\"; the same tests and p-values.")
+    drift_share_threshold: float = Field(0.0, ge=0.0, lt=1.0, description="Dataset drift when the share of drifted features is above this; 0: any.")
+    drift_max_rows: int = Field(1_000_000, ge=100, description="Most rows tested per side; above it a seeded uniform sample (recorded in the report).")
+    drift_feature_types: dict[str, Literal["numeric", "categorical", "ignore"]] = Field(default_factory=dict, description="Declared feature types, name -> \"numeric\", \"categorical\" or \"ignore\".")
+    force: bool = Field(False, description="Retrain whatever the signals say (still not during a rollout).")
+    # e.g. RETRAIN_RULES=user_feedback,input_drift
+    rules: Annotated[list[str], NoDecode] = Field(default_factory=_rule_names, description="The enabled retrain rules (every registered rule by default).")
+    max_error_rate: float = Field(0.05, ge=0.0, le=1.0, description="error_rate: retrain when the negative share of the recent answers is above this.")
+    error_rate_days: int = Field(7, ge=1, le=365, description="Length of the sliding window of the error rate, in days.")
+    max_recent_latency_ratio: float = Field(1.5, gt=0.0, description="latency: retrain when the last 50 predictions' mean latency is above this multiple of the baseline.")
+    latency_baseline_ms: float = Field(0.0, ge=0.0, description="Latency baseline in ms; 0 takes the window's earlier predictions.")
+    keywords: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["flou", "mauvais", "incorrect", "wrong", "blurry"], description="Words that, in a negative comment, count as a keyword hit.")
+    max_keyword_hits: int = Field(10, ge=0, description="keywords: retrain when more negative comments than this name a keyword.")
+    min_new_data_share: float = Field(0.20, ge=0.0, description="new_data: retrain when the new labelled rows reach this share of the training data.")
+    max_model_age_days: float = Field(90.0, gt=0.0, description="model_age: retrain a model older than this many days.")
+    known_labels: Annotated[list[str], NoDecode] = Field(default_factory=list, description="The labels a prediction or correction may name (empty: any).")
+    dry_run: bool = Field(False, description="Train and evaluate, but neither publish nor deploy.")
+    retention_days: int = Field(180, ge=1, description="How long predictions and feedback are kept, in days.")
 
     # Training and the evaluation gate.
-    epochs: int = Field(8, ge=1, le=1000)
-    learning_rate: float = Field(1e-3, gt=0.0, lt=1.0)
-    batch_size: int = Field(64, ge=1)
-    holdout_fraction: float = Field(0.3, gt=0.0, lt=1.0)
-    min_improvement: float = Field(0.02, ge=0.0)
-    seed: int = 42
+    epochs: int = Field(8, ge=1, le=1000, description="Most epochs to run; early stopping on the newest rows may end sooner.")
+    learning_rate: float = Field(1e-3, gt=0.0, lt=1.0, description="Adam's initial learning rate (halved on plateaus; scaled down to fine-tune).")
+    batch_size: int = Field(64, ge=1, description="Rows per step and per GPU (the global batch grows with the GPUs).")
+    holdout_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="Share of the newest rows held out for candidate vs production.")
+    min_improvement: float = Field(0.02, ge=0.0, description="Relative gain of the primary metric over production needed (0.02 = 2 %).")
+    seed: int = Field(42, description="Seed of every random choice (drift's row sample, weights, shuffling, dropout, sampled negatives).")
 
     # Model family, training strategy, data window and split.
     family: str = Field(
         "auto",
         pattern=r"^(auto|image_classifier|tabular_classifier|tabular_regressor|recommender|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        description="auto, image_classifier, tabular_classifier, tabular_regressor, recommender, or module:function.",
     )
-    strategy: Literal["auto", "scratch", "fine_tune"] = "auto"
-    auto_drift_share: float = Field(0.5, ge=0.0, le=1.0)  # auto: from scratch when this share of features drifted
-    auto_new_data_fraction: float = Field(0.5, ge=0.0, le=1.0)  # ...or this share of rows is new to production
-    window: Literal["expanding", "sliding", "weighted"] = "expanding"
-    window_days: float = Field(90.0, gt=0.0)  # sliding window length
-    half_life_days: float = Field(30.0, gt=0.0)  # weighted window: a row this old counts half
-    split: Literal["recent_feedback", "time_series"] = "recent_feedback"
+    strategy: Literal["auto", "scratch", "fine_tune"] = Field("auto", description="scratch, fine_tune, or auto (from scratch when drift is broad or the new data large).")
+    auto_drift_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of drifted features from which `auto` trains from scratch.")
+    auto_new_data_fraction: float = Field(0.5, ge=0.0, le=1.0, description="Share of rows newer than production from which `auto` trains from scratch.")
+    window: Literal["expanding", "sliding", "weighted"] = Field("expanding", description="expanding (all history), sliding (last `window_days`), or weighted (rows weighted by age with `half_life_days`).")
+    window_days: float = Field(90.0, gt=0.0, description="Length of a sliding window, in days before the holdout starts.")
+    half_life_days: float = Field(30.0, gt=0.0, description="Age at which a row counts half, for the weighted window.")
+    split: Literal["recent_feedback", "time_series"] = Field("recent_feedback", description="recent_feedback, or time_series for time-ordered data.")
     # Training hardware (accelerator type and count are compile options).
-    mixed_precision: bool = False
-    xla: bool = False
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    mixed_precision: bool = Field(False, description="float16 (GPU) or bfloat16 (CPU) compute with float32 weights.")
+    xla: bool = Field(False, description="Compile the training step with XLA.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the training pod must match (JSON object).")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations of the training pod (JSON list of Kubernetes tolerations).")
     # Evaluation gates beside min_improvement.
-    max_test_regression: float = Field(0.01, ge=0.0, le=1.0)  # points lost on the original test set
-    max_latency_ratio: float = Field(1.5, ge=0.0)  # candidate / production p95; 0: off
-    require_significant: bool = False  # the improvement's bootstrap CI must exclude 0
-    confidence_level: float = Field(0.95, gt=0.5, lt=1.0)
-    top_k: int = Field(10, ge=1)  # recommenders: precision@k, recall@k
+    max_test_regression: float = Field(0.01, ge=0.0, le=1.0, description="Points of the guard metric (accuracy, R², precision@k) the candidate may lose on the original test set (0.01 = 1 point).")
+    max_latency_ratio: float = Field(1.5, ge=0.0, description="Highest candidate / production single-request p95 latency; 0 turns the gate off.")
+    require_significant: bool = Field(False, description="Bless only when the bootstrap confidence interval of the improvement excludes 0.")
+    confidence_level: float = Field(0.95, gt=0.5, lt=1.0, description="Level of the paired bootstrap confidence interval.")
+    top_k: int = Field(10, ge=1, description="k of precision@k and recall@k for recommenders.")
 
     # Rollout.
-    deploy_target: Literal["local", "kserve"] = "kserve"
-    namespace: str = "default"
-    service_account: str = ""
-    rollout_steps: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [10, 50, 100])
-    bake_hours: Annotated[list[float], NoDecode] = Field(default_factory=lambda: [24.0, 48.0])
+    deploy_target: Literal["local", "kserve"] = Field("kserve", description="\"local\" (state in the model store) or \"kserve\" (an InferenceService).")
+    namespace: str = Field("default", description="Kubernetes namespace of the InferenceService.")
+    service_account: str = Field("", description="ServiceAccount the predictor reads the model store with; \"\" keeps the current one.")
+    rollout_steps: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [10, 50, 100], description="Canary traffic percentages, rising to 100.")
+    bake_hours: Annotated[list[float], NoDecode] = Field(default_factory=lambda: [24.0, 48.0], description="Hours at each step before the next, one per step below 100.")
     # Canary analysis (deploy/analysis.py): Prometheus when its URL is set, feedback per version from DATABASE_URL.
-    prometheus_url: str = ""
-    canary_metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)  # {}: Knative's request metrics
-    min_feedback_samples: int = Field(50, ge=0)
-    feedback_alpha: float = Field(0.05, gt=0.0, lt=1.0)
-    ready_timeout_minutes: float = Field(30.0, gt=0.0)
-    max_wait_hours: float = Field(24.0, ge=0.0)
+    prometheus_url: str = Field("", description="Prometheus base URL for the canary metrics; \"\" skips them.")
+    canary_metrics: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Name -> {query, min, max_increase, max_ratio}; PromQL templates with {revision}, {version}, {namespace}, {model_name}, {window}; lower is better. {} uses Knative's request count, error rate and p95 latency per revision.")
+    min_feedback_samples: int = Field(50, ge=0, description="Answers each version needs before feedback counts; 0 turns the feedback check off.")
+    feedback_alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Level of the one-sided test that the canary's satisfaction is lower.")
+    ready_timeout_minutes: float = Field(30.0, gt=0.0, description="Roll back a canary not Ready this long after its step began.")
+    max_wait_hours: float = Field(24.0, ge=0.0, description="Roll back a canary still without a verdict this long after its bake time.")
 
     # Housekeeping.
-    cleanup: bool = False
-    keep_versions: int = Field(5, ge=1)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    cleanup: bool = Field(False, description="Delete old model versions and personal data past the retention period on every run.")
+    keep_versions: int = Field(5, ge=1, description="How many of the newest versions stay.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="DEBUG, INFO, WARNING or ERROR; every process honours it.")
 
     # A secret: read from DATABASE_URL (a Kubernetes Secret on a cluster), never printed.
-    database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
+    database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL", description="PostgreSQL DSN of the feedback store; a secret, never logged.")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -120,6 +128,14 @@ class Settings(BaseSettings):
         # RETRAIN_ROLLOUT_STEPS=10,50,100 reads better than a JSON list in a shell.
         if isinstance(value, str) and not value.strip().startswith("["):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(_rule_names()))
+        if unknown:
+            raise ValueError(f"unknown retrain rule(s) {', '.join(unknown)}: choose among {', '.join(_rule_names())}")
         return value
 
     @model_validator(mode="after")
@@ -142,6 +158,17 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # CLI flags arrive as init kwargs; the JSON file is merged under them in load().
         return (init_settings, env_settings)
+
+
+def default_of(name: str) -> Any:
+    """A setting's default (a fresh copy for lists and dicts)."""
+    field = Settings.model_fields[name]
+    return field.default_factory() if field.default_factory else field.default
+
+
+def pipeline_parameters() -> list[str]:
+    """The settings that are also the pipeline's parameters, in declaration order."""
+    return [name for name in Settings.model_fields if name not in NOT_PIPELINE_PARAMETERS]
 
 
 def load(config: Path | str | None = None, **overrides: Any) -> Settings:

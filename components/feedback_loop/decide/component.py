@@ -35,12 +35,20 @@ def decide_retrain(
 
     Args:
         stats: extract_feedback's metrics (feedback_count, error_rate, latency_ratio, ...).
-        model_name: The served model.
+        model_name: Name of the served model (and of its InferenceService).
         is_drift: detect_drift's verdict.
         rollout_in_progress: Whether a canary still shares the traffic.
         force: Retrain whatever the signals say (still not during a rollout).
-        rules: The enabled rules, among user_feedback, error_rate, latency, keywords,
-            new_data, input_drift, model_age.
+        min_feedback: Fewest answers the feedback rules judge on (user_feedback, error_rate, new_data).
+        min_negative: user_feedback: fewest negative answers.
+        min_positive_rate: user_feedback: retrain when satisfaction is below this share.
+        max_error_rate: error_rate: retrain when the negative share of the recent answers is above this.
+        max_recent_latency_ratio: latency: retrain when the last 50 predictions' mean latency is above
+            this multiple of the baseline.
+        max_keyword_hits: keywords: retrain when more negative comments than this name a keyword.
+        min_new_data_share: new_data: retrain when the new labelled rows reach this share of the training data.
+        max_model_age_days: model_age: retrain a model older than this many days.
+        rules: The enabled retrain rules (every registered rule by default).
         run_name: The pipeline run, recorded with the decision.
 
     Returns:
