@@ -28,12 +28,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import kmock
-from kmock._internal import dicts, enums
+
+from kmock_adapter import HookedEmulator, merge_patch, replace_data
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 
 
-class ApiServerEmulator(kmock.KubernetesEmulator):
+class ApiServerEmulator(HookedEmulator):
     def __init__(self, validator: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._revision = 0
@@ -43,18 +44,18 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     def _fail(self, status: int, reason: str, message: str) -> None:
         raise kmock.KubernetesError(status=status, reason=reason, message=message, details={})
 
-    async def _handle(self, request: kmock.Request) -> Any:
-        if request.resource is None or request.action not in (enums.action.CREATE, enums.action.UPDATE):
-            return await super()._handle(request)
+    async def handle(self, request: kmock.Request) -> Any:
+        if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE):
+            return await self.emulate(request)
         async with self._write_lock:  # writes are serialised, as etcd's compare-and-swap makes them
             data = copy.deepcopy(request.data) or {}
-            if request.action == enums.action.CREATE:
+            if request.action == kmock.action.CREATE:
                 meta = data.setdefault("metadata", {})
                 meta.update({"uid": str(uuid.uuid4()), "generation": 1, "resourceVersion": self._next_version()})
                 data.pop("status", None)
                 self._validate(data)
-                object.__setattr__(request, "data", data)
-                response = await super()._handle(request)
+                replace_data(request, data)
+                response = await self.emulate(request)
                 if response.status == 200:
                     response.set_status(201)  # kmock answers 200; clients check for 201
                 return response
@@ -63,7 +64,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 self._fail(415, "UnsupportedMediaType", f"the body of the request was in an unsupported format: {content_type}")
             key = (request.resource, request.namespace, request.name)
             if key not in self.objects or self.objects[key].deleted:
-                return await super()._handle(request)  # kmock's 404
+                return await self.emulate(request)  # kmock's 404
             current = dict(self.objects[key].raw)
             meta = data.get("metadata") or {}
             expected = meta.pop("resourceVersion", None)
@@ -74,14 +75,14 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
                 data = {"status": data.get("status")}
             else:
                 data.pop("status", None)
-            merged = dicts.merge_patch_dict(current, data)
+            merged = merge_patch(current, data)
             self._validate(merged)
             new_meta = {"resourceVersion": self._next_version()}
             if merged.get("spec") != current.get("spec"):
                 new_meta["generation"] = int(current["metadata"].get("generation", 1)) + 1
             data.setdefault("metadata", {}).update(new_meta)
-            object.__setattr__(request, "data", data)
-            return await super()._handle(request)
+            replace_data(request, data)
+            return await self.emulate(request)
 
     def _next_version(self) -> str:
         self._revision += 1

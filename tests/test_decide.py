@@ -21,7 +21,7 @@ from feedback_loop.feedback import store
 from feedback_loop.decide.rules import NAMES
 from feedback_loop.settings import Settings, load
 
-POLICY = core.Policy(min_feedback=100, min_negative=20, min_positive_rate=0.70)
+POLICY = core.policy(min_feedback=100, min_negative=20, min_positive_rate=0.70)
 
 
 def signals(**changes) -> core.Signals:
@@ -81,14 +81,14 @@ def test_rules_hold_at_their_thresholds(changes) -> None:
 
 
 def test_a_disabled_rule_is_listed_but_never_fires() -> None:
-    policy = core.Policy(rules=("user_feedback",))
+    policy = core.policy(rules=("user_feedback",))
     decision = core.decide(signals(is_drift=True, keyword_hits=500), policy)
     assert not decision.retrain
     drift = next(r for r in decision.rules if r.name == "input_drift")
     assert not drift.enabled and not drift.fired and drift.detail == "drift detected"
     assert "| input_drift | no | no | drift detected |" in decision.to_markdown()
     with pytest.raises(SettingsError, match="unknown retrain rule"):
-        core.Policy(rules=("user_feedback", "moon_phase"))
+        core.policy(rules=("user_feedback", "moon_phase"))
 
 
 def test_no_second_rollout_while_one_is_in_progress() -> None:
@@ -99,7 +99,7 @@ def test_no_second_rollout_while_one_is_in_progress() -> None:
 
 def test_settings_know_the_same_rules() -> None:
     assert tuple(Settings.model_fields["rules"].default_factory()) == NAMES
-    assert check.policy_of(load()) == core.Policy()
+    assert check.policy_of(load()) == core.policy()
 
 
 # --- properties -----------------------------------------------------------------------------
@@ -167,7 +167,7 @@ def test_retrain_is_the_disjunction_of_the_enabled_rules_unless_a_rollout_runs(s
 @settings(max_examples=200, deadline=None)
 @given(all_signals, policies, st.sampled_from(NAMES))
 def test_disabling_a_rule_never_causes_a_retrain(s: core.Signals, p: core.Policy, rule: str) -> None:
-    fewer = core.Policy(**{**p.__dict__, "rules": tuple(r for r in p.rules if r != rule)})
+    fewer = core.policy(**{**p.__dict__, "rules": tuple(r for r in p.rules if r != rule)})
     assert core.decide(s, fewer).retrain <= core.decide(s, p).retrain
 
 
@@ -259,7 +259,7 @@ def test_rule_settings_come_from_the_environment_and_are_checked(monkeypatch) ->
     monkeypatch.setenv("RETRAIN_MAX_ERROR_RATE", "0.1")
     loaded = load(max_keyword_hits=3)
     assert loaded.rules == ["user_feedback", "input_drift"] and loaded.keywords == ["flou", "nul"]
-    assert check.policy_of(loaded) == core.Policy(max_error_rate=0.1, max_keyword_hits=3, rules=("user_feedback", "input_drift"))
+    assert check.policy_of(loaded) == core.policy(max_error_rate=0.1, max_keyword_hits=3, rules=("user_feedback", "input_drift"))
     monkeypatch.setenv("RETRAIN_MAX_ERROR_RATE", "1.7")
     with pytest.raises(SettingsError, match=r"max_error_rate=1.7 \(env RETRAIN_MAX_ERROR_RATE\)"):
         load()

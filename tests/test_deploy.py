@@ -9,22 +9,32 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kmock
 from jsonschema.protocols import Validator
 import pytest
+from click.testing import CliRunner
 from kfp.dsl import Markdown, Model
-from kubernetes.client.exceptions import ApiException
 
 import kserve_crds
+from kserve_emulator import GROUP, PLURAL, VERSION, ApiServerThread, kubernetes_api
 
 from feedback_loop import storage
-from feedback_loop.deploy import core, isvc
+from feedback_loop.cli import main
+from feedback_loop.deploy import core, isvc, rollout
 from feedback_loop.deploy.component import advance_rollout, deploy_canary
+from feedback_loop.deploy.publish import publish
+from feedback_loop.deploy.record import record_deployments
+from feedback_loop.deploy.targets import make_target
+from feedback_loop.deploy.targets.kserve import KServeTarget
+from feedback_loop.deploy.targets.local import LocalTarget
 from feedback_loop.errors import DeploymentError, ModelNotFound, SettingsError
+from feedback_loop.feedback import store as feedback_store
 from feedback_loop.images import DEPLOY_IMAGE
 
 CRD_FILE = kserve_crds.crd_file("inferenceservices")
@@ -56,8 +66,8 @@ def make_model_dir(root: Path, version: str, trained_through: str = "2025-02-28T
     return model_dir
 
 
-def release(version: str) -> core.Release:
-    return core.Release.at(version, f"file:///store/m/{version}")
+def release(version: str) -> rollout.Release:
+    return rollout.Release.at(version, f"file:///store/m/{version}")
 
 
 @functools.cache
@@ -80,75 +90,29 @@ def strict_validator(crd_schema: dict[str, Any]) -> Validator:
 
 @pytest.fixture(scope="module")
 def api_validator() -> Validator | None:
-    """The fake API server checks objects against the CRD where it is available."""
+    """The API emulator checks objects against the CRD where it is available, as the API server does under Strict."""
     schema = load_crd_schema()
     return jsonschema.Draft7Validator(closed(schema)) if schema is not None else None
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """JSON merge patch (RFC 7386), what the client sends for patch_namespaced_custom_object."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    merged = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = merge_patch(merged.get(key), value)
-    return merged
+@pytest.fixture
+def kube(api_validator: Validator | None) -> Iterator[tuple[ApiServerThread, Any]]:
+    """The Kubernetes API emulator (tests/kserve_emulator.py) and the official client pointed at it."""
+    with kubernetes_api(api_validator) as (server, api):
+        yield server, api
 
 
-class FakeCustomObjectsApi:
-    """An in-memory `kubernetes.client.CustomObjectsApi` for namespaced get/create/patch.
-
-    A real API server cannot run here; a kmock-based Kubernetes emulator replaces this fake
-    in later work. Like the API server with fieldValidation=Strict, it refuses an object the
-    CRD schema rejects (when a validator is given).
-    """
-
-    def __init__(self, validator: Validator | None = None) -> None:
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.validator = validator
-
-    def get_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str) -> dict[str, Any]:
-        self.calls.append(("get", {"name": name}))
-        if (namespace, name) not in self.objects:
-            raise ApiException(status=404, reason="Not Found")
-        return copy.deepcopy(self.objects[(namespace, name)])
-
-    def create_namespaced_custom_object(
-        self, group: str, version: str, namespace: str, plural: str, body: dict[str, Any], **kwargs: Any
-    ) -> dict[str, Any]:
-        assert (group, version, plural) == ("serving.kserve.io", "v1beta1", "inferenceservices")
-        self.calls.append(("create", {"body": copy.deepcopy(body), **kwargs}))
-        key = (namespace, body["metadata"]["name"])
-        if key in self.objects:
-            raise ApiException(status=409, reason="Conflict")
-        self._check(body)
-        self.objects[key] = copy.deepcopy(body)
-        return copy.deepcopy(body)
-
-    def patch_namespaced_custom_object(
-        self, group: str, version: str, namespace: str, plural: str, name: str, body: dict[str, Any], **kwargs: Any
-    ) -> dict[str, Any]:
-        self.calls.append(("patch", {"body": copy.deepcopy(body), **kwargs}))
-        if (namespace, name) not in self.objects:
-            raise ApiException(status=404, reason="Not Found")
-        merged = merge_patch(self.objects[(namespace, name)], body)
-        self._check(merged)
-        self.objects[(namespace, name)] = merged
-        return copy.deepcopy(merged)
-
-    def _check(self, obj: dict[str, Any]) -> None:
-        if self.validator is not None:
-            errors = [e.message for e in self.validator.iter_errors({k: v for k, v in obj.items() if k != "status"})]
-            if errors:
-                raise ApiException(status=422, reason="; ".join(errors))
+def isvc_of(api: Any, name: str = "cats-vs-dogs", namespace: str = "ml") -> dict[str, Any]:
+    return api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
 
-def predictor_of(api: FakeCustomObjectsApi, name: str = "cats-vs-dogs", namespace: str = "ml") -> dict[str, Any]:
-    return api.objects[(namespace, name)]["spec"]["predictor"]
+def predictor_of(api: Any, name: str = "cats-vs-dogs", namespace: str = "ml") -> dict[str, Any]:
+    return isvc_of(api, name, namespace)["spec"]["predictor"]
+
+
+def requests_to(server: ApiServerThread) -> list[tuple[kmock.action, str]]:
+    """What the API server was asked, in order: the action and the fieldValidation sent with it."""
+    return [(request.action, request.params.get("fieldValidation", "")) for request in server.handler]
 
 
 # --- the InferenceService builder against KServe's CRD ------------------------------------------
@@ -194,78 +158,78 @@ def test_builder_refuses_what_kserve_would() -> None:
 
 
 def test_first_deploy_serves_everything_at_once() -> None:
-    state, moved = core.start(core.RolloutState(), release("v1"), T0)
+    state, moved = rollout.start(rollout.RolloutState(), release("v1"), T0)
     assert (moved.action, moved.traffic) == ("deployed", 100)
-    assert state.stable == release("v1") and state.canary is None and core.traffic(state) == 0
+    assert state.stable == release("v1") and state.canary is None and rollout.traffic(state) == 0
     assert state.stable.storage_uri == "file:///store/m/v1/saved_model"
 
 
 def test_canary_walks_the_schedule_then_promotes() -> None:
-    state, _ = core.start(core.RolloutState(), release("v1"), T0)
-    state, moved = core.start(state, release("v2"), T0)
-    assert (moved.action, moved.traffic, core.traffic(state)) == ("canary_started", 10, 10)
+    state, _ = rollout.start(rollout.RolloutState(), release("v1"), T0)
+    state, moved = rollout.start(state, release("v2"), T0)
+    assert (moved.action, moved.traffic, rollout.traffic(state)) == ("canary_started", 10, 10)
 
-    state, moved = core.advance(state, T0 + 23 * HOUR)
-    assert moved.action == "waiting" and core.traffic(state) == 10
+    state, moved = rollout.advance(state, T0 + 23 * HOUR)
+    assert moved.action == "waiting" and rollout.traffic(state) == 10
 
-    state, moved = core.advance(state, T0 + 24 * HOUR)
-    assert (moved.action, core.traffic(state), state.step_started_at) == ("advanced", 50, (T0 + 24 * HOUR).isoformat())
+    state, moved = rollout.advance(state, T0 + 24 * HOUR)
+    assert (moved.action, rollout.traffic(state), state.step_started_at) == ("advanced", 50, (T0 + 24 * HOUR).isoformat())
 
-    state, moved = core.advance(state, T0 + (24 + 47) * HOUR)
-    assert moved.action == "waiting" and core.traffic(state) == 50
+    state, moved = rollout.advance(state, T0 + (24 + 47) * HOUR)
+    assert moved.action == "waiting" and rollout.traffic(state) == 50
 
-    state, moved = core.advance(state, T0 + (24 + 48) * HOUR)
+    state, moved = rollout.advance(state, T0 + (24 + 48) * HOUR)
     assert (moved.action, moved.version, moved.traffic) == ("promoted", "v2", 100)
     assert state.stable == release("v2") and state.canary is None
 
-    state, moved = core.advance(state, T0 + 100 * HOUR)
+    state, moved = rollout.advance(state, T0 + 100 * HOUR)
     assert moved.action == "idle"
     assert [h["action"] for h in state.history] == ["deployed", "canary_started", "advanced", "promoted"]
-    assert core.RolloutState.from_json(state.to_json()) == state
+    assert rollout.RolloutState.from_json(state.to_json()) == state
 
 
 def test_rollback_restores_stable() -> None:
-    state, _ = core.start(core.RolloutState(), release("v1"), T0)
-    state, _ = core.start(state, release("v2"), T0)
-    unhealthy, moved = core.advance(state, T0 + HOUR, verdict="unhealthy")
+    state, _ = rollout.start(rollout.RolloutState(), release("v1"), T0)
+    state, _ = rollout.start(state, release("v2"), T0)
+    unhealthy, moved = rollout.advance(state, T0 + HOUR, verdict="unhealthy")
     assert (moved.action, moved.version, moved.traffic) == ("rolled_back", "v2", 0)
     assert unhealthy.stable == release("v1") and unhealthy.canary is None
 
-    aborted, moved = core.rollback(state, T0 + HOUR, "operator: bad reviews")
+    aborted, moved = rollout.rollback(state, T0 + HOUR, "operator: bad reviews")
     assert moved.action == "rolled_back" and "operator: bad reviews" in moved.reason and aborted.canary is None
-    assert core.rollback(aborted, T0 + 2 * HOUR, "again")[1].action == "idle"
+    assert rollout.rollback(aborted, T0 + 2 * HOUR, "again")[1].action == "idle"
     # "inconclusive" holds the step even after the bake time.
-    assert core.advance(state, T0 + 99 * HOUR, verdict="inconclusive")[1].action == "waiting"
+    assert rollout.advance(state, T0 + 99 * HOUR, verdict="inconclusive")[1].action == "waiting"
 
 
 def test_redeploying_a_serving_version_is_a_no_op() -> None:
-    state, _ = core.start(core.RolloutState(), release("v1"), T0)
-    same, moved = core.start(state, release("v1"), T0 + HOUR)
+    state, _ = rollout.start(rollout.RolloutState(), release("v1"), T0)
+    same, moved = rollout.start(state, release("v1"), T0 + HOUR)
     assert moved.action == "unchanged" and same == state
-    state, _ = core.start(state, release("v2"), T0)
-    same, moved = core.start(state, release("v2"), T0 + HOUR)
+    state, _ = rollout.start(state, release("v2"), T0)
+    same, moved = rollout.start(state, release("v2"), T0 + HOUR)
     assert (moved.action, moved.traffic) == ("unchanged", 10) and same == state
 
 
 def test_deploy_while_a_canary_is_in_progress_raises() -> None:
-    state, _ = core.start(core.RolloutState(), release("v1"), T0)
-    state, _ = core.start(state, release("v2"), T0)
+    state, _ = rollout.start(rollout.RolloutState(), release("v1"), T0)
+    state, _ = rollout.start(state, release("v2"), T0)
     with pytest.raises(DeploymentError, match="a rollout of v2 is in progress"):
-        core.start(state, release("v3"), T0 + HOUR)
+        rollout.start(state, release("v3"), T0 + HOUR)
 
 
 def test_schedule_without_canary_steps_replaces_directly() -> None:
-    state, _ = core.start(core.RolloutState(steps=[100], bake_hours=[]), release("v1"), T0)
-    state, moved = core.start(state, release("v2"), T0)
+    state, _ = rollout.start(rollout.RolloutState(steps=[100], bake_hours=[]), release("v1"), T0)
+    state, moved = rollout.start(state, release("v2"), T0)
     assert moved.action == "deployed" and state.stable == release("v2")
     # KFP passes list parameters through a protobuf Struct: whole numbers arrive as floats.
-    assert core.schedule([10.0, 50.0, 100.0], [24, 48]) == ([10, 50, 100], [24.0, 48.0])
+    assert rollout.schedule([10.0, 50.0, 100.0], [24, 48]) == ([10, 50, 100], [24.0, 48.0])
     with pytest.raises(SettingsError, match="whole percents"):
-        core.schedule([12.5, 100], [1])
+        rollout.schedule([12.5, 100], [1])
     with pytest.raises(SettingsError, match="rise strictly"):
-        core.schedule([50, 10, 100], [1, 1])
+        rollout.schedule([50, 10, 100], [1, 1])
     with pytest.raises(SettingsError, match="needs 2"):
-        core.schedule([10, 50, 100], [1])
+        rollout.schedule([10, 50, 100], [1])
 
 
 # --- publishing to the model store -----------------------------------------------------------
@@ -274,7 +238,7 @@ def test_schedule_without_canary_steps_replaces_directly() -> None:
 def test_publish_writes_a_complete_version_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model_dir = make_model_dir(tmp_path, "v1")
     store = f"file://{tmp_path / 'store'}"
-    published = core.publish(model_dir, store, "m", "v1")
+    published = publish(model_dir, store, "m", "v1")
     assert published.uri == f"file://{tmp_path / 'store' / 'm' / 'v1'}"
     assert published.storage_uri == published.uri + "/saved_model"
     assert storage.is_complete(published.uri)
@@ -284,7 +248,7 @@ def test_publish_writes_a_complete_version_once(tmp_path: Path, monkeypatch: pyt
         raise AssertionError("a complete version must not be uploaded again")
 
     monkeypatch.setattr(storage, "upload_dir", no_upload)
-    assert core.publish(model_dir, store, "m", "v1") == published
+    assert publish(model_dir, store, "m", "v1") == published
 
 
 def test_failed_upload_leaves_no_version_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,7 +263,7 @@ def test_failed_upload_leaves_no_version_behind(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(shutil, "copytree", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        core.publish(model_dir, str(tmp_path / "store"), "m", "v1")
+        publish(model_dir, str(tmp_path / "store"), "m", "v1")
     assert list((tmp_path / "store" / "m").iterdir()) == []  # no version, no staging directory
 
 
@@ -307,18 +271,18 @@ def test_publish_needs_a_saved_model(tmp_path: Path) -> None:
     model_dir = make_model_dir(tmp_path, "v1")
     shutil.rmtree(model_dir / "saved_model")
     with pytest.raises(ModelNotFound, match="saved_model"):
-        core.publish(model_dir, str(tmp_path / "store"), "m", "v1")
+        publish(model_dir, str(tmp_path / "store"), "m", "v1")
 
 
 def test_describe_reads_lineage_of_stable_and_canary(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
-    v1 = core.publish(make_model_dir(tmp_path, "v1", "2025-01-31T00:00:00+00:00"), store, "m", "v1")
-    v2 = core.publish(make_model_dir(tmp_path, "v2", "2025-02-28T06:00:00+00:00"), store, "m", "v2")
+    v1 = publish(make_model_dir(tmp_path, "v1", "2025-01-31T00:00:00+00:00"), store, "m", "v1")
+    v2 = publish(make_model_dir(tmp_path, "v2", "2025-02-28T06:00:00+00:00"), store, "m", "v2")
     assert core.describe(None) == {
         "production_version": "", "production_model_uri": "", "reference_data_uri": "",
         "trained_through": "", "rollout_in_progress": False,
     }
-    state = core.RolloutState(stable=v1, canary=v2, step_started_at=T0.isoformat())
+    state = rollout.RolloutState(stable=v1, canary=v2, step_started_at=T0.isoformat())
     assert core.describe(state) == {
         "production_version": "v1",
         "production_model_uri": v1.uri,
@@ -333,7 +297,7 @@ def test_describe_reads_lineage_of_stable_and_canary(tmp_path: Path) -> None:
 
 def test_local_target_keeps_the_state_in_the_store(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
-    target = core.LocalTarget(store, "m")
+    target = LocalTarget(store, "m")
     assert target.read() is None
     state, transition = core.deploy(make_model_dir(tmp_path, "v1"), store, "m", target, T0)
     assert transition.action == "deployed"
@@ -344,7 +308,7 @@ def test_local_target_keeps_the_state_in_the_store(tmp_path: Path) -> None:
 
 def test_refused_deploy_uploads_nothing(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
-    target = core.LocalTarget(store, "m")
+    target = LocalTarget(store, "m")
     core.deploy(make_model_dir(tmp_path, "v1"), store, "m", target, T0)
     core.deploy(make_model_dir(tmp_path, "v2"), store, "m", target, T0)
     with pytest.raises(DeploymentError, match="in progress"):
@@ -352,24 +316,25 @@ def test_refused_deploy_uploads_nothing(tmp_path: Path) -> None:
     assert storage.list_dirs(f"file://{tmp_path / 'store' / 'm'}") == ["v1", "v2"]
 
 
-def test_kserve_target_creates_then_patches_the_predictor(tmp_path: Path, api_validator: Validator | None) -> None:
-    api = FakeCustomObjectsApi(api_validator)
-    target = core.KServeTarget("cats-vs-dogs", "ml", api, service_account="model-reader")
+def test_kserve_target_creates_then_patches_the_predictor(tmp_path: Path, kube: tuple[ApiServerThread, Any]) -> None:
+    server, api = kube
+    target = KServeTarget("cats-vs-dogs", "ml", api, service_account="model-reader")
     store = str(tmp_path / "store")
 
     core.deploy(make_model_dir(tmp_path, "v1"), store, "cats-vs-dogs", target, T0)
-    created = api.objects[("ml", "cats-vs-dogs")]
-    assert [c[0] for c in api.calls] == ["get", "get", "create"]
+    # Read by deploy, read again by write, then created; a write refuses a field the CRD does not know.
+    assert requests_to(server) == [(kmock.action.FETCH, ""), (kmock.action.FETCH, ""), (kmock.action.CREATE, "Strict")]
+    created = isvc_of(api)
     assert created["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
     assert "canaryTrafficPercent" not in created["spec"]["predictor"]
     assert created["spec"]["predictor"]["model"]["storageUri"].endswith("/cats-vs-dogs/v1/saved_model")
+    assert created["spec"]["predictor"]["serviceAccountName"] == "model-reader"
 
     state, _ = core.deploy(make_model_dir(tmp_path, "v2"), store, "cats-vs-dogs", target, T0)
-    verb, call = api.calls[-1]
-    assert verb == "patch" and call["field_validation"] == "Strict"
+    assert requests_to(server)[-1] == (kmock.action.UPDATE, "Strict")
     predictor = predictor_of(api)
     assert predictor["canaryTrafficPercent"] == 10
-    assert "canaryTrafficPercent" not in api.objects[("ml", "cats-vs-dogs")]["spec"]
+    assert "canaryTrafficPercent" not in isvc_of(api)["spec"]
     assert predictor["model"]["storageUri"].endswith("/v2/saved_model")
     assert predictor["model"]["resources"] == isvc.DEFAULT_RESOURCES  # not owned by the patch, kept
     assert target.read() == state
@@ -383,9 +348,9 @@ def test_kserve_target_creates_then_patches_the_predictor(tmp_path: Path, api_va
     assert target.read() == state and state.stable.version == "v2"
 
 
-def test_kserve_rollback_pins_traffic_to_the_stable_revision(tmp_path: Path, api_validator: Validator | None) -> None:
-    api = FakeCustomObjectsApi(api_validator)
-    target = core.KServeTarget("cats-vs-dogs", "ml", api)
+def test_kserve_rollback_pins_traffic_to_the_stable_revision(tmp_path: Path, kube: tuple[ApiServerThread, Any]) -> None:
+    _, api = kube
+    target = KServeTarget("cats-vs-dogs", "ml", api)
     store = str(tmp_path / "store")
     core.deploy(make_model_dir(tmp_path, "v1"), store, "cats-vs-dogs", target, T0)
     core.deploy(make_model_dir(tmp_path, "v2"), store, "cats-vs-dogs", target, T0)
@@ -408,42 +373,48 @@ def test_kserve_rollback_pins_traffic_to_the_stable_revision(tmp_path: Path, api
     ("annotation", "status_mode"),
     [("RawDeployment", None), ("Standard", None), (None, "Standard")],  # the last: the cluster's default mode
 )
-def test_kserve_raw_deployment_refuses_a_canary(tmp_path: Path, annotation: str | None, status_mode: str | None) -> None:
-    api = FakeCustomObjectsApi()
-    target = core.KServeTarget("cats-vs-dogs", "ml", api)
+def test_kserve_raw_deployment_refuses_a_canary(
+    tmp_path: Path, kube: tuple[ApiServerThread, Any], annotation: str | None, status_mode: str | None
+) -> None:
+    _, api = kube
+    target = KServeTarget("cats-vs-dogs", "ml", api)
     store = str(tmp_path / "store")
     core.deploy(make_model_dir(tmp_path, "v1"), store, "cats-vs-dogs", target, T0)
-    obj = api.objects[("ml", "cats-vs-dogs")]
-    obj["metadata"]["annotations"].pop("serving.kserve.io/deploymentMode")
-    if annotation:
-        obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = annotation
+    # The mode the service asks for (None removes the annotation), or the one KServe reports.
+    mode = {"metadata": {"annotations": {isvc.DEPLOYMENT_MODE_ANNOTATION: annotation}}}
+    api.patch_namespaced_custom_object(GROUP, VERSION, "ml", PLURAL, "cats-vs-dogs", mode)
     if status_mode:
-        obj["status"] = {"deploymentMode": status_mode}
-    before = copy.deepcopy(obj)
+        api.patch_namespaced_custom_object_status(GROUP, VERSION, "ml", PLURAL, "cats-vs-dogs", {"status": {"deploymentMode": status_mode}})
+    before = isvc_of(api)
 
     with pytest.raises(DeploymentError, match=r"runs in (RawDeployment|Standard) mode, where canaryTrafficPercent is ignored"):
         core.deploy(make_model_dir(tmp_path, "v2"), store, "cats-vs-dogs", target, T0)
-    assert api.objects[("ml", "cats-vs-dogs")] == before
+    assert isvc_of(api) == before
     # Without a canary step the same service takes the new version.
     core.deploy(make_model_dir(tmp_path, "v2"), store, "cats-vs-dogs", target, T0, steps=[100], bake_hours=[])
     assert predictor_of(api)["model"]["storageUri"].endswith("/v2/saved_model")
 
 
-def test_kserve_api_errors_say_what_to_do() -> None:
-    class Forbidden(FakeCustomObjectsApi):
-        def get_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            raise ApiException(status=403, reason="Forbidden")
+def test_kserve_api_errors_say_what_to_do(kube: tuple[ApiServerThread, Any]) -> None:
+    server, api = kube
+    # What the API server answers a ServiceAccount without RBAC on inferenceservices.
+    server.handler[kmock.action.FETCH, kmock.resource(GROUP, VERSION, PLURAL)] << 403 << {
+        "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+        "message": 'inferenceservices.serving.kserve.io "cats-vs-dogs" is forbidden: '
+        'User "system:serviceaccount:ml:default" cannot get resource "inferenceservices" in API group "serving.kserve.io"',
+    }
 
-    with pytest.raises(DeploymentError, match="403 Forbidden.*grant the deploy ServiceAccount"):
-        core.KServeTarget("cats-vs-dogs", "ml", Forbidden()).read()
+    with pytest.raises(DeploymentError, match=r"get InferenceService ml/cats-vs-dogs failed \(403 .* is forbidden: .*\): grant the deploy ServiceAccount"):
+        KServeTarget("cats-vs-dogs", "ml", api).read()
     with pytest.raises(SettingsError, match="deploy_target 'k8s'"):
-        core.make_target("k8s", "file:///s", "m")
+        make_target("k8s", "file:///s", "m")
+
 
 
 def test_kubernetes_client_is_built_only_when_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
-    target = core.KServeTarget("cats-vs-dogs", "ml")  # no config read yet
+    target = KServeTarget("cats-vs-dogs", "ml")  # no config read yet
     with pytest.raises(DeploymentError, match="no Kubernetes credentials"):
         target.read()
     code = "import sys, feedback_loop.deploy.core; print(sorted({'kfp', 'kubernetes'} & set(sys.modules)))"
@@ -452,8 +423,39 @@ def test_kubernetes_client_is_built_only_when_used(tmp_path: Path, monkeypatch: 
 
 
 def test_record_is_a_no_op_without_a_database() -> None:
-    _, moved = core.start(core.RolloutState(), release("v1"), T0)
-    assert core.record("m", [moved]) == 0
+    _, moved = rollout.start(rollout.RolloutState(), release("v1"), T0)
+    assert record_deployments(None, "m", [moved]) == 0
+    assert record_deployments("", "m", [moved]) == 0
+
+
+def deployment_rows(database_url: str) -> list[tuple[Any, ...]]:
+    conn = feedback_store.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT model_name, version, action, traffic_percent, details->>'stable' FROM deployments ORDER BY id")
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_record_writes_a_row_per_change_to_the_database_it_is_given(database_url: str) -> None:
+    state, moved = rollout.start(rollout.RolloutState(), release("v1"), T0)
+    _, waiting = rollout.advance(state, T0 + HOUR)  # a no-op: not recorded
+    assert record_deployments(database_url, "m", [moved, waiting], state) == 1
+    assert deployment_rows(database_url) == [("m", "v1", "deployed", 100, "v1")]
+
+
+def test_cli_rollback_records_the_roll_back(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store_uri = str(tmp_path / "store")
+    target = LocalTarget(store_uri, "m")
+    core.deploy(make_model_dir(tmp_path, "v1"), store_uri, "m", target, T0)
+    core.deploy(make_model_dir(tmp_path, "v2"), store_uri, "m", target, T0)
+    for name, value in {"RETRAIN_MODEL_STORE_URI": store_uri, "RETRAIN_MODEL_NAME": "m", "DATABASE_URL": database_url}.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["rollback", "--target", "local", "--reason", "bad reviews"])
+    assert result.exit_code == 0, result.output
+    assert "rolled_back: bad reviews; v1 serves 100 %" in result.output
+    assert deployment_rows(database_url) == [("m", "v2", "rolled_back", 0, "v1")]
 
 
 # --- the components, with real artifacts on disk ----------------------------------------------------
@@ -532,5 +534,5 @@ def test_component_interfaces() -> None:
     inputs = deploy_canary.component_spec.inputs
     assert inputs["candidate"].type == "system.Model@0.0.1"
     assert (inputs["rollout_steps"].default, inputs["bake_hours"].default) == ([10, 50, 100], [24.0, 48.0])
-    assert inputs["deploy_target"].default == "local"
+    assert inputs["deploy_target"].default == "kserve"  # the settings' default
     assert deploy_canary.component_spec.implementation.container.image == DEPLOY_IMAGE

@@ -20,10 +20,12 @@ from PIL import Image
 from scipy import stats
 
 from feedback_loop.dataset import write_parquet
-from feedback_loop.drift import core, engines, reading
+from feedback_loop.drift import core, reading, report
+from feedback_loop.drift.features import N_BINS
+from feedback_loop.drift.predictions import two_proportions
+from feedback_loop.drift.stattests import alibi_detectors
 from feedback_loop.drift.component import detect_drift
 from feedback_loop.errors import DataError
-from feedback_loop.settings import Settings
 
 N_FEATURES, SHIFTED = 20, [f"x{i:02d}" for i in (1, 6, 9, 13, 18)]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -72,7 +74,7 @@ def test_flags_exactly_the_shifted_features(shifted: tuple[Path, Path]) -> None:
     x01 = next(f for f in result.features if f.name == "x01")
     assert x01.kind == "numeric" and x01.test == "KS"
     assert x01.current["mean"] - x01.reference["mean"] == pytest.approx(0.2, abs=0.03)
-    assert len(x01.histogram.edges) == core.N_BINS + 1
+    assert len(x01.histogram.edges) == N_BINS + 1
     assert sum(x01.histogram.reference) == x01.n_reference == 20_000
 
 
@@ -117,7 +119,7 @@ def test_new_category_is_flagged_and_reported(tmp_path: Path) -> None:
     assert colour.current["purple"] == pytest.approx(0.1, abs=0.02)
     assert colour.reference["purple"] == 0.0  # shares over the categories of both sides
     assert "purple" in colour.histogram.labels
-    markdown = core.write_markdown(result, tmp_path / "summary.md").read_text()
+    markdown = report.write_markdown(result, tmp_path / "summary.md").read_text()
     assert "colour" in markdown and "purple" in markdown
 
 
@@ -195,7 +197,7 @@ def test_scipy_engine_matches_an_independent_computation_at_1e_9(tmp_path: Path)
 
 
 def test_alibi_import_leaves_tensorflow_importable() -> None:
-    engines.alibi_detectors()
+    alibi_detectors()
     assert sys.modules.get("tensorflow", "absent") is not None
 
 
@@ -232,7 +234,7 @@ def test_untestable_features_are_skipped_and_said(tmp_path: Path) -> None:
     assert result.skipped["gone"] == "no values in the current data"
     assert result.skipped["zone"] == "numeric (double) in reference but categorical (string) in current"
     assert re.fullmatch(r"type timestamp\[\w+\] is neither numeric nor text", result.skipped["seen"])
-    page = core.write_html(result, tmp_path / "r.html").read_text()
+    page = report.write_html(result, tmp_path / "r.html").read_text()
     assert all(name in page for name in result.skipped)
 
 
@@ -262,9 +264,9 @@ def test_run_without_reference_or_with_too_few_rows_is_not_tested(tmp_path: Path
     assert too_few.reason == "only 12 rows since the last training; at least 30 needed"
     assert too_few.metrics()["tested"] == 0.0 and too_few.metrics()["share_drifted"] == 0.0
 
-    page = core.write_html(too_few, tmp_path / "report.html").read_text()
+    page = report.write_html(too_few, tmp_path / "report.html").read_text()
     assert "only 12 rows since the last training" in page
-    assert "only 12 rows" in core.write_markdown(too_few, tmp_path / "summary.md").read_text()
+    assert "only 12 rows" in report.write_markdown(too_few, tmp_path / "summary.md").read_text()
 
     tested = core.run(current, f"file://{reference}", engine="scipy")
     assert sorted(f.name for f in tested.drifted) == SHIFTED
@@ -276,7 +278,7 @@ def test_report_is_self_contained_and_escapes_names(tmp_path: Path) -> None:
     reference = pd.DataFrame({odd: rng.normal(size=400), "city": rng.choice(["Köln", "Paris"], 400)})
     current = pd.DataFrame({odd: rng.normal(1.0, 1.0, size=400), "city": rng.choice(["Köln", "Paris"], 400)})
     result = core.detect(*write_pair(tmp_path, reference, current))
-    page = core.write_html(result, tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    page = report.write_html(result, tmp_path / "out" / "report.html").read_text(encoding="utf-8")
 
     assert odd not in page and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;co" in page
     assert "Köln" in page
@@ -353,20 +355,8 @@ def test_component_interface() -> None:
     assert spec.outputs["metrics"].type == "system.Metrics@0.0.1"
     assert spec.outputs["verdict_json"].type == "system.Artifact@0.0.1"
     assert spec.outputs["Output"].type == "Boolean"
-    assert set(spec.inputs) == {
-        "current", "reference_uri", "p_value", "min_rows", "correction", "engine", "share_threshold",
-        "max_rows", "seed", "feature_types",
-    }
-    # The component's defaults are the settings' defaults.
-    settings = Settings()
-    assert spec.inputs["p_value"].default == settings.drift_p_value
-    assert spec.inputs["min_rows"].default == settings.min_drift_rows
-    assert spec.inputs["correction"].default == settings.drift_correction
-    assert spec.inputs["engine"].default == settings.drift_engine
-    assert spec.inputs["share_threshold"].default == settings.drift_share_threshold
-    assert spec.inputs["max_rows"].default == settings.drift_max_rows
-    assert spec.inputs["seed"].default == settings.seed
-    assert spec.inputs["feature_types"].default == settings.drift_feature_types
+    # Its options carry the settings' names; tests/test_parameters.py checks their defaults and help.
+    assert set(spec.inputs) == {"current", "reference_uri", *core.SETTINGS}
     assert re.search(r"/data:\d", spec.implementation.container.image)
     assert "verdict_json:" in detect_drift.python_func.__doc__.split("Returns:")[1]
 
@@ -381,8 +371,8 @@ def test_share_threshold_sets_the_dataset_verdict(shifted: tuple[Path, Path]) ->
 
     assert above.is_drift and not below.is_drift
     assert sorted(f.name for f in below.drifted) == SHIFTED  # the features are still flagged
-    assert core.verdict(below).startswith("No dataset drift: 5 of 20 features drifted (25%, not share above 30%")
-    assert core.verdict(above).startswith("Drift detected in 5 of 20 features (25%, share above 20%")
+    assert report.verdict(below).startswith("No dataset drift: 5 of 20 features drifted (25%, not share above 30%")
+    assert report.verdict(above).startswith("Drift detected in 5 of 20 features (25%, share above 20%")
     assert below.metrics()["is_drift"] == 0.0 and below.metrics()["share_threshold"] == 0.3
 
 
@@ -477,9 +467,9 @@ def test_data_quality_is_counted_over_every_row_and_reported(tmp_path: Path) -> 
     metrics = result.metrics()
     assert metrics["quality.issues"] == len(issues) and metrics["quality.missing.rate"] == pytest.approx(0.07)
     assert metrics["quality.out_of_range.temp"] == pytest.approx(temp.out_of_range)
-    page = core.write_html(result, tmp_path / "r.html").read_text(encoding="utf-8")
-    markdown = core.write_markdown(result, tmp_path / "r.md").read_text(encoding="utf-8")
-    data = strict_json(core.write_json(result, tmp_path / "r.json"))
+    page = report.write_html(result, tmp_path / "r.html").read_text(encoding="utf-8")
+    markdown = report.write_markdown(result, tmp_path / "r.md").read_text(encoding="utf-8")
+    data = strict_json(report.write_json(result, tmp_path / "r.json"))
     for issue in issues[:5]:
         assert html.escape(issue) in page and issue in markdown
     assert data["quality_issues"] == issues
@@ -523,9 +513,9 @@ def test_row_cap_is_applied_and_recorded(tmp_path: Path, shifted: tuple[Path, Pa
     assert all(f.n_reference == 5_000 == f.n_current for f in result.features)
     assert core.detect(*shifted, engine="scipy", max_rows=5_000, seed=3).features == result.features
     note = "tested on a seeded uniform sample of at most 5,000 rows per side"
-    assert note in core.write_html(result, tmp_path / "r.html").read_text(encoding="utf-8")
-    assert note in core.write_markdown(result, tmp_path / "r.md").read_text(encoding="utf-8")
-    assert strict_json(core.write_json(result, tmp_path / "r.json"))["capped"] is True
+    assert note in report.write_html(result, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert note in report.write_markdown(result, tmp_path / "r.md").read_text(encoding="utf-8")
+    assert strict_json(report.write_json(result, tmp_path / "r.json"))["capped"] is True
     assert result.metrics()["sampled_current"] == 5_000.0
 
 
@@ -615,9 +605,9 @@ def test_prediction_and_residual_drift(tmp_path: Path) -> None:
     metrics = result.metrics()
     assert metrics["residual.error_rate.current"] == 0.32 and metrics["prediction.is_drift"] == 1.0
     assert "p_value.confidence" not in metrics and "prediction.p_value.confidence" in metrics  # not an input feature
-    line = core.write_markdown(result, tmp_path / "s.md").read_text(encoding="utf-8")
+    line = report.write_markdown(result, tmp_path / "s.md").read_text(encoding="utf-8")
     assert "Prediction drift in predicted_label, confidence, error rate" in line and "15% → 32%" in line
-    page = core.write_html(result, tmp_path / "r.html").read_text(encoding="utf-8")
+    page = report.write_html(result, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "served by v7" in page and "15% of 2,000 → 32% of 1,000" in page
 
 
@@ -637,7 +627,7 @@ def test_prediction_drift_not_tested_without_reference_predictions(tmp_path: Pat
     assert not result.predictions.tested and result.predictions.residual is None
     assert "no reference_predictions.parquet next to the production model's training data" in result.predictions.reason
     assert result.metrics()["prediction.tested"] == 0.0
-    assert "Prediction drift not tested: no reference_predictions.parquet" in core.write_markdown(result, tmp_path / "s.md").read_text()
+    assert "Prediction drift not tested: no reference_predictions.parquet" in report.write_markdown(result, tmp_path / "s.md").read_text()
     assert result.is_drift  # the input features are still tested
 
 
@@ -656,14 +646,14 @@ def test_image_models_still_get_prediction_drift(tmp_path: Path) -> None:
     assert result.predictions.tested and result.predictions.is_drift
     assert result.predictions.residual is None
     assert result.predictions.residual_reason == "0 labelled current rows and 800 reference rows; at least 30 needed on each side"
-    page = core.write_html(result, tmp_path / "r.html").read_text(encoding="utf-8")
+    page = report.write_html(result, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "Prediction drift" in page and "predicted_label" in page
-    assert "Prediction drift in predicted_label, confidence" in core.write_markdown(result, tmp_path / "s.md").read_text()
+    assert "Prediction drift in predicted_label, confidence" in report.write_markdown(result, tmp_path / "s.md").read_text()
 
 
 def test_two_proportions_edge_cases() -> None:
-    assert engines.two_proportions(0, 100, 0, 50) == (0.0, 1.0)  # no error anywhere
-    z, p = engines.two_proportions(10, 100, 30, 100)
+    assert two_proportions(0, 100, 0, 50) == (0.0, 1.0)  # no error anywhere
+    z, p = two_proportions(10, 100, 30, 100)
     assert z > 0 and p == pytest.approx(stats.chi2_contingency([[10, 90], [30, 70]], correction=False)[1], rel=1e-9)
 
 
@@ -686,7 +676,7 @@ def render(page: Path, png: Path, height: int = 2400) -> None:
 def test_report_renders_in_a_browser(tmp_path: Path) -> None:
     reference_uri, current = model_store(tmp_path, np.random.default_rng(34))
     result = core.run(current, reference_uri, engine="scipy")
-    page = core.write_html(result, tmp_path / "report.html")
+    page = report.write_html(result, tmp_path / "report.html")
     png = tmp_path / "report.png"
     render(page, png)
 

@@ -19,6 +19,8 @@ from feedback_loop.decide.component import decide_retrain
 from feedback_loop.errors import DatabaseUnreachable
 from feedback_loop.feedback import core, store
 from feedback_loop.feedback.component import extract_feedback, purge_feedback
+from feedback_loop.feedback.pseudonyms import Pseudonymizer
+from feedback_loop.feedback.stats import FeedbackStats, Options
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 DAY = timedelta(days=1)
@@ -43,10 +45,10 @@ def insert(conn, predictions: list[tuple], feedback: list[tuple] = ()) -> None:
             execute_values(cur, "INSERT INTO feedback (prediction_id, created_at, is_correct, corrected_label, comment) VALUES %s", list(feedback))
 
 
-def extract(conn, tmp_path: Path, options: core.Options = core.Options(), key: str | None = KEY, parallel: int = 1, **window) -> core.FeedbackStats:
+def extract(conn, tmp_path: Path, options: Options = Options(), key: str | None = KEY, parallel: int = 1, **window) -> FeedbackStats:
     """Extracts from `conn`'s database: `conn.dsn` is its DSN (the test server has no password to mask)."""
     w = core.Window.of("m", window.pop("days_back", 30), window.pop("since", ""), now=NOW)
-    return core.extract(conn.dsn, w, tmp_path / "feedback.parquet", options, pseudonymizer=core.Pseudonymizer(key), parallel=parallel)
+    return core.extract(conn.dsn, w, tmp_path / "feedback.parquet", options, pseudonymizer=Pseudonymizer(key), parallel=parallel)
 
 
 def test_migrations_are_idempotent(conn) -> None:
@@ -136,7 +138,7 @@ def test_every_exclusion_reason_is_counted(conn, tmp_path: Path) -> None:
             ("good-1", NOW + 3 * DAY, False, "dog", None),  # feedback from the future: the earlier answer stands
         ],
     )
-    stats = extract(conn, tmp_path, core.Options(known_labels=("cat", "dog")))
+    stats = extract(conn, tmp_path, Options(known_labels=("cat", "dog")))
     assert stats.excluded == {
         "no_consent": 2,
         "future_timestamp": 2,  # one prediction, one feedback
@@ -174,18 +176,27 @@ def test_user_ids_leave_the_database_only_as_an_hmac(conn, tmp_path: Path) -> No
 
     other = tmp_path / "other"
     other.mkdir()
-    core.extract(conn.dsn, core.Window.of("m", 30, now=NOW), other / "f.parquet", pseudonymizer=core.Pseudonymizer("another-key"))
+    core.extract(conn.dsn, core.Window.of("m", 30, now=NOW), other / "f.parquet", pseudonymizer=Pseudonymizer("another-key"))
     assert pq.read_table(other / "f.parquet")["user_id"].to_pylist()[0] != users["a"], "the key matters"
 
     # Without a key, ids are dropped, never exported in clear.
-    core.extract(conn.dsn, core.Window.of("m", 30, now=NOW), other / "nokey.parquet", pseudonymizer=core.Pseudonymizer(None))
+    core.extract(conn.dsn, core.Window.of("m", 30, now=NOW), other / "nokey.parquet", pseudonymizer=Pseudonymizer(None))
     assert pq.read_table(other / "nokey.parquet")["user_id"].null_count == 2
+
+
+def test_the_core_takes_the_key_as_an_input_never_from_the_environment(conn, tmp_path: Path, monkeypatch, caplog) -> None:
+    insert(conn, [("a", NOW - DAY, {}, "cat", 0.9, True, 10.0, "alice")])
+    monkeypatch.setenv("FEEDBACK_HMAC_KEY", KEY)
+    with caplog.at_level(logging.WARNING, logger="feedback_loop.feedback.core"):
+        core.extract(conn.dsn, core.Window.of("m", 30, now=NOW), tmp_path / "f.parquet")
+    assert pq.read_table(tmp_path / "f.parquet")["user_id"].to_pylist() == [None]
+    assert "user ids are left out" in caplog.text
 
 
 def test_pseudonymizer_cache_stays_bounded_and_correct() -> None:
     import pyarrow as pa
 
-    pseudo = core.Pseudonymizer(KEY, cache_size=10)
+    pseudo = Pseudonymizer(KEY, cache_size=10)
     for start in range(0, 100, 25):
         ids = [f"user-{i % 37}" for i in range(start, start + 25)]
         out = pseudo.apply(pa.array(ids)).to_pylist()
@@ -206,7 +217,7 @@ def test_statistics_the_decision_needs(conn, tmp_path: Path) -> None:
         feedback.append((pid, at + timedelta(minutes=5), not wrong, "dog" if wrong else None, comment))
     insert(conn, predictions, feedback)
     since = (NOW - 10 * DAY).isoformat()  # trained on everything up to 10 days ago
-    stats = extract(conn, tmp_path, core.Options(training_rows=400), since=since)
+    stats = extract(conn, tmp_path, Options(training_rows=400), since=since)
 
     recent = [f for p, f in zip(predictions, feedback) if p[1] > NOW - 10 * DAY]
     assert stats.rows == stats.feedback_count == len(recent) == 100
@@ -222,7 +233,7 @@ def test_statistics_the_decision_needs(conn, tmp_path: Path) -> None:
     assert stats.days_since_training == pytest.approx(10.0)
 
     # A fixed baseline, another error window, and no keywords.
-    fixed = extract(conn, tmp_path, core.Options(latency_baseline_ms=40.0, error_rate_days=1, keywords=()), since=since)
+    fixed = extract(conn, tmp_path, Options(latency_baseline_ms=40.0, error_rate_days=1, keywords=()), since=since)
     assert fixed.latency_ratio == pytest.approx(0.5) and fixed.keyword_hits == 0
     assert fixed.error_rate_feedback == sum(1 for p in predictions if p[1] > NOW - DAY)
 
@@ -230,7 +241,7 @@ def test_statistics_the_decision_needs(conn, tmp_path: Path) -> None:
 def test_metrics_round_trip_through_kfp_metadata(conn, tmp_path: Path) -> None:
     insert(conn, [("a", NOW - DAY, {}, "cat", 0.9, True, 12.0)], [("a", NOW - DAY / 2, False, "dog", "wrong")])
     stats = extract(conn, tmp_path)
-    back = core.FeedbackStats.from_metrics(json.loads(json.dumps(stats.metrics())))
+    back = FeedbackStats.from_metrics(json.loads(json.dumps(stats.metrics())))
     assert back.metrics() == stats.metrics()
 
 
@@ -242,7 +253,7 @@ def test_parallel_slices_give_the_same_extract_in_one_snapshot(conn, database_ur
     insert(conn, rows, answers + [("p0002", NOW - DAY, False, "cat", "blurry")])
     serial = extract(conn, tmp_path)
     window = core.Window.of("m", 30, now=NOW)
-    parallel = core.extract(database_url, window, tmp_path / "parallel.parquet", parallel=4, pseudonymizer=core.Pseudonymizer(KEY))
+    parallel = core.extract(database_url, window, tmp_path / "parallel.parquet", parallel=4, pseudonymizer=Pseudonymizer(KEY))
     assert parallel == serial
     # The same rows, in another order: slices arrive as they come.
     by_id = [pq.read_table(tmp_path / name).sort_by("id") for name in ("parallel.parquet", "feedback.parquet")]
@@ -278,12 +289,12 @@ def test_a_failed_extraction_leaves_the_previous_file_and_no_partial_one(conn, t
     out.write_bytes(b"the previous extract")
     window = core.Window.of("m", 30, now=NOW)
     with pytest.raises(Exception, match="division by zero"):
-        core.extract(conn.dsn, window, out, tables=store.Tables(predictions="failing"), pseudonymizer=core.Pseudonymizer(KEY))
+        core.extract(conn.dsn, window, out, tables=store.Tables(predictions="failing"), pseudonymizer=Pseudonymizer(KEY))
     assert out.read_bytes() == b"the previous extract"
     assert [p.name for p in tmp_path.iterdir()] == ["feedback.parquet"]
 
     # Here after one slice was written: the other slices' streams are stopped, nothing is left behind.
-    class FailingOnTheSecondBatch(core.Pseudonymizer):
+    class FailingOnTheSecondBatch(Pseudonymizer):
         calls = 0
 
         def apply(self, column):
@@ -308,7 +319,7 @@ def test_table_names_are_quoted_identifiers(conn, tmp_path: Path) -> None:
         cur.execute("""INSERT INTO "App Predictions" (id, created_at, model_name, model_version, predicted_label, confidence)"""
                     " VALUES ('x', %s, 'm', 'v1', 'cat', 0.5)", (NOW - DAY,))
     tables = store.Tables(predictions="App Predictions", feedback="app feedback; drop table predictions")
-    stats = core.extract(conn.dsn, core.Window.of("m", 30, now=NOW), tmp_path / "f.parquet", tables=tables, pseudonymizer=core.Pseudonymizer(KEY))
+    stats = core.extract(conn.dsn, core.Window.of("m", 30, now=NOW), tmp_path / "f.parquet", tables=tables, pseudonymizer=Pseudonymizer(KEY))
     assert stats.rows == 1
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('predictions') IS NOT NULL")
@@ -368,13 +379,18 @@ def test_purge_and_history_commands(conn, database_url: str, monkeypatch) -> Non
 
 def test_extract_feedback_wrapper_with_artifacts_on_disk(conn, database_url: str, tmp_path: Path, monkeypatch) -> None:
     now = datetime.now(timezone.utc)
-    insert(conn, [("a", now - timedelta(hours=1), {"x": 1.0}, "cat", 0.9, True)], [("a", now, False, "dog", "blurry")])
+    insert(conn, [("a", now - timedelta(hours=1), {"x": 1.0}, "cat", 0.9, True, None, "u1")], [("a", now, False, "dog", "blurry")])
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("FEEDBACK_HMAC_KEY", KEY)
     feedback, stats = dsl.Dataset(uri=str(tmp_path / "feedback")), dsl.Metrics(uri=str(tmp_path / "stats"))
     result = extract_feedback.python_func(feedback=feedback, stats=stats, model_name="m", days_back=7, known_labels=["cat", "dog"])
     assert (result.rows, result.feedback_count, result.negative_count, result.satisfaction_rate) == (1, 1, 1, 0.0)
     assert pq.read_table(feedback.path)["label"].to_pylist() == ["dog"]
+    assert pq.read_table(feedback.path)["user_id"].to_pylist() == [hmac.new(KEY.encode(), b"u1", "sha256").hexdigest()]
+    monkeypatch.delenv("FEEDBACK_HMAC_KEY")  # the Secret without its key: ids are left out
+    keyless = dsl.Dataset(uri=str(tmp_path / "keyless"))
+    extract_feedback.python_func(feedback=keyless, stats=dsl.Metrics(uri=str(tmp_path / "s2")), model_name="m", days_back=7)
+    assert pq.read_table(keyless.path)["user_id"].to_pylist() == [None]
     assert stats.metadata["negative_count"] == 1.0 and stats.metadata["keyword_hits"] == 1.0
     assert stats.metadata["excluded_unknown_prediction"] == 0.0
 

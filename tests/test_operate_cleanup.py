@@ -12,6 +12,10 @@ from click.testing import CliRunner
 from feedback_loop import storage
 from feedback_loop.cli import main
 from feedback_loop.deploy import core as deploy
+from feedback_loop.deploy.publish import version_dir_uri
+from feedback_loop.deploy.rollout import ROLLED_BACK
+from feedback_loop.deploy.targets.local import LocalTarget
+from feedback_loop.layout import LINEAGE_FILE, SAVED_MODEL_DIR
 from feedback_loop.operate import cleanup
 from feedback_loop.operate.cleanup import ProtectedVersion
 from feedback_loop.operate.component import clean_model_store
@@ -23,10 +27,10 @@ T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 def model_dir(tmp_path: Path, version: str, day: int) -> Path:
     """A version directory as train_model writes it (only what publishing and lineage need)."""
     path = tmp_path / "trained" / version
-    (path / deploy.SAVED_MODEL_DIR).mkdir(parents=True)
-    (path / deploy.SAVED_MODEL_DIR / "saved_model.pb").write_bytes(b"model")
+    (path / SAVED_MODEL_DIR).mkdir(parents=True)
+    (path / SAVED_MODEL_DIR / "saved_model.pb").write_bytes(b"model")
     created = (T0 + timedelta(days=day)).isoformat()
-    (path / deploy.LINEAGE_FILE).write_text(json.dumps({"version": version, "created_at": created, "trained_through": created}))
+    (path / LINEAGE_FILE).write_text(json.dumps({"version": version, "created_at": created, "trained_through": created}))
     return path
 
 
@@ -35,9 +39,9 @@ def store(tmp_path: Path) -> str:
     return storage.normalize(str(tmp_path / "model-store"))
 
 
-def deploy_versions(tmp_path: Path, store: str, versions: list[str], canary_last: bool) -> deploy.LocalTarget:
+def deploy_versions(tmp_path: Path, store: str, versions: list[str], canary_last: bool) -> LocalTarget:
     """Deploys each version in turn through the real rollout (zero bake: each promotion is immediate)."""
-    target = deploy.LocalTarget(store, MODEL)
+    target = LocalTarget(store, MODEL)
     for day, version in enumerate(versions):
         now = T0 + timedelta(days=day)
         deploy.deploy(model_dir(tmp_path, version, day), store, MODEL, target, now, steps=[10, 100], bake_hours=[0])
@@ -66,7 +70,7 @@ def test_keeps_the_newest_and_every_version_the_rollout_needs(tmp_path: Path, st
     assert on_disk(store) == versions[-3:]
     # The rollout still works: roll the canary back to the stable version, whose files are there.
     _, transition = deploy.abort_rollout(target, T0 + timedelta(days=30), "operator")
-    assert transition.action == deploy.ROLLED_BACK
+    assert transition.action == ROLLED_BACK
     assert storage.is_complete(target.read().stable.uri)
 
 
@@ -77,7 +81,7 @@ def test_deleting_a_serving_or_rollback_version_is_refused(tmp_path: Path, store
     version = getattr(target.read(), which).version
     with pytest.raises(ProtectedVersion, match=f"{version} is not deleted: it serves"):
         cleanup.delete_version(store, MODEL, version, target)
-    assert version in on_disk(store) and storage.is_complete(deploy.version_dir_uri(store, MODEL, version))
+    assert version in on_disk(store) and storage.is_complete(version_dir_uri(store, MODEL, version))
 
 
 def test_a_rollout_started_after_planning_is_honoured(tmp_path: Path, store: str) -> None:
@@ -113,7 +117,7 @@ def test_component_and_cli(tmp_path: Path, store: str, monkeypatch: pytest.Monke
     from kfp.dsl import Markdown
 
     artifact = Markdown(uri=str(record))  # a local URI is its own path
-    deleted = clean_model_store.python_func(record=artifact, model_name=MODEL, model_store_uri=store, keep_versions=2)
+    deleted = clean_model_store.python_func(record=artifact, model_name=MODEL, model_store_uri=store, deploy_target="local", keep_versions=2)
     assert deleted == 3 and on_disk(store) == versions[3:]
     text = record.read_text()
     assert f"| `{versions[-1]}` | protected: serves (stable) |" in text and f"| `{versions[0]}` | deleted |" in text

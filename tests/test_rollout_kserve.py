@@ -19,6 +19,9 @@ import kserve_crds
 from kserve_emulator import GROUP, PLURAL, VERSION, KServeController, kubernetes_api
 
 from feedback_loop.deploy import core
+from feedback_loop.deploy.publish import version_dir_uri
+from feedback_loop.deploy.rollout import Release, RolloutState, Transition, start
+from feedback_loop.deploy.targets.kserve import KServeTarget
 from feedback_loop.deploy.analysis import AnalysisConfig
 from feedback_loop.errors import DeploymentError
 from feedback_loop.feedback import store
@@ -55,8 +58,8 @@ def uri(tmp_path: Path, version: str) -> str:
     return f"file://{tmp_path / 'store' / NAME / version / 'saved_model'}"
 
 
-def deploy(tmp_path: Path, api: Any, version: str, at: datetime, **kwargs: Any) -> tuple[core.RolloutState, core.Transition]:
-    target = core.KServeTarget(NAME, NS, api)
+def deploy(tmp_path: Path, api: Any, version: str, at: datetime, **kwargs: Any) -> tuple[RolloutState, Transition]:
+    target = KServeTarget(NAME, NS, api)
     return core.deploy(version_dir(tmp_path, version), str(tmp_path / "store"), NAME, target, at, **kwargs)
 
 
@@ -75,9 +78,9 @@ def seed_feedback(database_url: str, version: str, answered: int, positive: int,
         conn.close()
 
 
-def advance(api: Any, at: datetime, database_url: str | None = None, **config: Any) -> tuple[core.RolloutState | None, list[core.Transition]]:
+def advance(api: Any, at: datetime, database_url: str | None = None, **config: Any) -> tuple[RolloutState | None, list[Transition]]:
     """One `advance_rollout` as a pipeline run makes it: a fresh target (a new process), the analysis, the write."""
-    target = core.KServeTarget(NAME, NS, api)
+    target = KServeTarget(NAME, NS, api)
     judge = core.make_judge(AnalysisConfig(NAME, NS, **{"min_feedback_samples": 50, **config}), at, database_url)
     return core.advance_rollout(target, at, judge=judge, max_wait_hours=24)
 
@@ -201,25 +204,25 @@ def test_a_crash_mid_rollout_resumes_from_the_recorded_state(
     deploy(tmp_path, api, "v1", T0 - 48 * HOUR)
     controller.reconcile()
     # The process dies after publishing v2 but before the InferenceService is patched.
-    write = core.KServeTarget.write
+    write = KServeTarget.write
 
-    def crash(self: core.KServeTarget, state: core.RolloutState) -> None:
+    def crash(self: KServeTarget, state: RolloutState) -> None:
         raise KeyboardInterrupt("pod evicted")
 
-    monkeypatch.setattr(core.KServeTarget, "write", crash)
+    monkeypatch.setattr(KServeTarget, "write", crash)
     with pytest.raises(KeyboardInterrupt):
         deploy(tmp_path, api, "v2", T0)
-    monkeypatch.setattr(core.KServeTarget, "write", write)
+    monkeypatch.setattr(KServeTarget, "write", write)
     assert "canaryTrafficPercent" not in spec(api)  # nothing half-applied
     _, started = deploy(tmp_path, api, "v2", T0 + HOUR)  # the retry: v2 is already published, the canary starts
     assert started.action == "canary_started"
     controller.reconcile()
 
     # Mid-step: the run that would advance to 50 % dies after its analysis, before writing.
-    monkeypatch.setattr(core.KServeTarget, "write", crash)
+    monkeypatch.setattr(KServeTarget, "write", crash)
     with pytest.raises(KeyboardInterrupt):
         advance(api, T0 + 25 * HOUR)
-    monkeypatch.setattr(core.KServeTarget, "write", write)
+    monkeypatch.setattr(KServeTarget, "write", write)
     assert spec(api)["canaryTrafficPercent"] == 10
     state, moved = advance(api, T0 + 26 * HOUR)  # the next run picks up the recorded state
     assert [(t.action, t.traffic) for t in moved] == [("advanced", 50)]
@@ -230,26 +233,26 @@ def test_two_concurrent_runs_do_not_both_roll_out(cluster: tuple[Any, KServeCont
     api, controller = cluster
     deploy(tmp_path, api, "v1", T0 - 48 * HOUR)
     controller.reconcile()
-    first, second = core.KServeTarget(NAME, NS, api), core.KServeTarget(NAME, NS, api)
+    first, second = KServeTarget(NAME, NS, api), KServeTarget(NAME, NS, api)
     store_uri = str(tmp_path / "store")
     a, b = version_dir(tmp_path, "v2"), version_dir(tmp_path, "v3")
     # Interleaved: both read the same state, both decide to start a canary.
     state_a, state_b = first.read(), second.read()
     assert state_a == state_b and state_a.canary is None
-    moved_a, _ = core.start(state_a, core.Release.at("v2", core.version_dir_uri(store_uri, NAME, "v2")), T0)
-    moved_b, _ = core.start(state_b, core.Release.at("v3", core.version_dir_uri(store_uri, NAME, "v3")), T0)
+    moved_a, _ = start(state_a, Release.at("v2", version_dir_uri(store_uri, NAME, "v2")), T0)
+    moved_b, _ = start(state_b, Release.at("v3", version_dir_uri(store_uri, NAME, "v3")), T0)
     controller.reconcile()  # KServe writes status in between: not a reason to refuse
     first.write(moved_a)
     with pytest.raises(DeploymentError, match="changed by another run"):
         second.write(moved_b)
-    assert core.KServeTarget(NAME, NS, api).read().canary.version == "v2"
+    assert KServeTarget(NAME, NS, api).read().canary.version == "v2"
 
     # Racing for real: two threads deploy v3 and v4 beside the canary of v2; neither may replace it.
     errors: list[str] = []
 
     def run(version: str, directory: Path) -> None:
         try:
-            core.deploy(directory, store_uri, NAME, core.KServeTarget(NAME, NS, api), T0 + HOUR)
+            core.deploy(directory, store_uri, NAME, KServeTarget(NAME, NS, api), T0 + HOUR)
         except DeploymentError as err:
             errors.append(str(err))
 
@@ -269,8 +272,8 @@ def test_two_runs_starting_canaries_at_once_leave_one(cluster: tuple[Any, KServe
     barrier = threading.Barrier(2)
     outcomes: list[str] = []
 
-    class Racing(core.KServeTarget):
-        def read(self) -> core.RolloutState | None:
+    class Racing(KServeTarget):
+        def read(self) -> RolloutState | None:
             state = super().read()
             barrier.wait(10)  # both have read before either writes
             return state
@@ -289,5 +292,5 @@ def test_two_runs_starting_canaries_at_once_leave_one(cluster: tuple[Any, KServe
         thread.join(30)
     assert sorted(o if o == "canary_started" else "refused" for o in outcomes) == ["canary_started", "refused"]
     assert any("changed by another run" in o for o in outcomes)
-    state = core.KServeTarget(NAME, NS, api).read()
+    state = KServeTarget(NAME, NS, api).read()
     assert spec(api)["model"]["storageUri"] == state.canary.storage_uri and spec(api)["canaryTrafficPercent"] == 10

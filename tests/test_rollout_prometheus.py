@@ -22,6 +22,7 @@ from kserve_emulator import KServeController, kubernetes_api
 from serving_helpers import FEATURES, ModelServerProcess, free_port, make_version
 
 from feedback_loop.deploy import analysis, core
+from feedback_loop.deploy.targets.kserve import KServeTarget
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 NAME, NS = "cats-vs-dogs", "ml"
@@ -155,10 +156,10 @@ def test_higher_error_rate_rolls_back_at_the_first_step(servers: dict[str, Any],
     with kubernetes_api() as (_, api):
         controller = KServeController(api, NS, NAME)
         store_uri = str(tmp_path / "store")
-        target = core.KServeTarget(NAME, NS, api)
+        target = KServeTarget(NAME, NS, api)
         core.deploy(root / "v1", store_uri, NAME, target, started)
         controller.reconcile()
-        core.deploy(root / "v2", store_uri, NAME, core.KServeTarget(NAME, NS, api), started)
+        core.deploy(root / "v2", store_uri, NAME, KServeTarget(NAME, NS, api), started)
         controller.reconcile()
         assert controller.serving() == {f"file://{tmp_path}/store/{NAME}/v1/saved_model": 90, f"file://{tmp_path}/store/{NAME}/v2/saved_model": 10}
 
@@ -174,7 +175,7 @@ def test_higher_error_rate_rolls_back_at_the_first_step(servers: dict[str, Any],
 
         now = datetime.now(timezone.utc)
         config = analysis.AnalysisConfig(NAME, NS, servers["prometheus"].url, METRICS, min_feedback_samples=0)
-        state, moved = core.advance_rollout(core.KServeTarget(NAME, NS, api), now, judge=core.make_judge(config, now), max_wait_hours=24)
+        state, moved = core.advance_rollout(KServeTarget(NAME, NS, api), now, judge=core.make_judge(config, now), max_wait_hours=24)
         assert [(t.action, t.version, t.traffic) for t in moved] == [("rolled_back", "v2", 0)], moved[0].reason
         checks = {c.name: c for c in moved[0].analysis.checks}
         assert checks["requests"].verdict == "healthy" and checks["requests"].canary >= 50, moved[0].analysis.checks

@@ -13,7 +13,8 @@ import pytest
 from serving_helpers import free_port
 
 from feedback_loop import storage
-from feedback_loop.deploy import core
+from feedback_loop.deploy.publish import publish, read_lineage
+from feedback_loop.layout import COMPLETE_MARKER
 
 BUCKET = "models"
 
@@ -68,7 +69,7 @@ def test_publish_to_gcs_writes_the_marker_last(gcs: Any, tmp_path: Path, monkeyp
 
     monkeypatch.setattr(Blob, "upload_from_filename", watch(upload_from_filename))
     monkeypatch.setattr(Blob, "upload_from_string", watch(upload_from_string))
-    release = core.publish(version_dir(tmp_path, "v1"), f"gs://{BUCKET}/store", "cats-vs-dogs", "v1", {"drift.md": "# drift"})
+    release = publish(version_dir(tmp_path, "v1"), f"gs://{BUCKET}/store", "cats-vs-dogs", "v1", {"drift.md": "# drift"})
 
     assert release.uri == version_uri and release.storage_uri == f"{version_uri}/saved_model"
     assert uploaded[-1] == "store/cats-vs-dogs/v1/_COMPLETE" and len(uploaded) >= 5
@@ -81,10 +82,10 @@ def test_publish_to_gcs_writes_the_marker_last(gcs: Any, tmp_path: Path, monkeyp
 
     copied = storage.download_dir(f"{version_uri}/saved_model", tmp_path / "download")
     assert (copied / "1" / "variables" / "variables.index").read_bytes() == b"index"
-    assert core.read_lineage(version_uri)["version"] == "v1"
+    assert read_lineage(version_uri)["version"] == "v1"
 
     uploaded.clear()
-    core.publish(version_dir(tmp_path / "again", "v1"), f"gs://{BUCKET}/store", "cats-vs-dogs", "v1")
+    publish(version_dir(tmp_path / "again", "v1"), f"gs://{BUCKET}/store", "cats-vs-dogs", "v1")
     assert uploaded == []  # a complete version is left alone
 
 
@@ -102,18 +103,18 @@ def test_an_interrupted_gcs_upload_is_not_a_version(gcs: Any, tmp_path: Path, mo
 
     monkeypatch.setattr(Blob, "upload_from_filename", flaky)
     with pytest.raises(ConnectionError):
-        core.publish(version_dir(tmp_path, "v2"), f"gs://{BUCKET}/store", "m", "v2")
+        publish(version_dir(tmp_path, "v2"), f"gs://{BUCKET}/store", "m", "v2")
     uri = f"gs://{BUCKET}/store/m/v2"
     assert len(list(gcs.list_blobs(BUCKET, prefix="store/m/v2/"))) == 1  # one object landed before the failure
     assert not storage.is_complete(uri)
     monkeypatch.setattr(Blob, "upload_from_filename", original)
-    core.publish(version_dir(tmp_path / "retry", "v2"), f"gs://{BUCKET}/store", "m", "v2")  # the retry completes it
+    publish(version_dir(tmp_path / "retry", "v2"), f"gs://{BUCKET}/store", "m", "v2")  # the retry completes it
     assert storage.is_complete(uri)
 
 
 def test_file_store_is_complete_or_absent(tmp_path: Path) -> None:
-    release = core.publish(version_dir(tmp_path, "v1"), str(tmp_path / "store"), "m", "v1")
+    release = publish(version_dir(tmp_path, "v1"), str(tmp_path / "store"), "m", "v1")
     path = storage.local_path(release.uri)
-    assert (path / storage.COMPLETE_MARKER).exists()
+    assert (path / COMPLETE_MARKER).exists()
     assert (path / "saved_model" / "1" / "assets.extra" / "lineage.json").exists()
     assert [p.name for p in path.parent.iterdir()] == ["v1"]  # no staging directory left

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from feedback_loop import logs, storage
+from feedback_loop.deploy.targets import TARGETS
 from feedback_loop.errors import FeedbackLoopError
 from feedback_loop.settings import Settings, load
 
@@ -196,10 +197,13 @@ def history(ctx: click.Context, limit: int, as_json: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context, as_json: bool, force: bool | None) -> None:
     """Compute the retrain decision now, without training (exit 0 whichever it is; needs DATABASE_URL)."""
+    import os
+
     from feedback_loop.decide import check as checking
+    from feedback_loop.feedback.pseudonyms import HMAC_KEY_ENV
 
     settings = _settings(ctx, force=force)
-    result = checking.check(settings, _dsn(settings))
+    result = checking.check(settings, _dsn(settings), hmac_key=os.environ.get(HMAC_KEY_ENV) or None)
     click.echo(json.dumps(result, indent=2, default=str) if as_json else checking.render(result))
 
 
@@ -320,31 +324,33 @@ def serve(ctx: click.Context, model_dir: Path, name: str | None, host: str, port
 
 @main.command()
 @click.option("--reason", default="operator kill switch", show_default=True, help="Recorded with the roll-back.")
-@click.option("--target", "deploy_target", type=click.Choice(["local", "kserve"]), default=None, help="Default: the deploy_target setting.")
+@click.option("--target", "deploy_target", type=click.Choice(list(TARGETS)), default=None, help="Default: the deploy_target setting.")
 @click.pass_context
 def rollback(ctx: click.Context, reason: str, deploy_target: str | None) -> None:
     """Roll the canary in progress back now: the stable version serves 100 % again."""
     from feedback_loop.deploy import core
+    from feedback_loop.deploy.record import record_deployments
+    from feedback_loop.deploy.targets import make_target
 
     settings = _settings(ctx, deploy_target=deploy_target)
-    target = core.make_target(settings.deploy_target, settings.model_store_uri, settings.model_name, settings.namespace)
+    target = make_target(settings.deploy_target, settings.model_store_uri, settings.model_name, settings.namespace)
     state, transition = core.abort_rollout(target, datetime.now(timezone.utc), reason)
-    core.record(settings.model_name, [transition], state)
+    record_deployments(_dsn(settings), settings.model_name, [transition], state)
     click.echo(f"{settings.model_name} on {target}: {transition.action}: {transition.reason}")
 
 
 @main.command()
 @click.option("--keep-versions", type=int, default=None, help="How many of the newest versions stay (setting keep_versions).")
-@click.option("--deploy-target", type=click.Choice(["local", "kserve"]), default=None, help="Where the rollout state is read.")
+@click.option("--deploy-target", type=click.Choice(list(TARGETS)), default=None, help="Where the rollout state is read.")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
 @click.pass_context
 def cleanup(ctx: click.Context, keep_versions: int | None, deploy_target: str | None, dry_run: bool) -> None:
     """Delete old model versions; never one that serves, is the rollback target or the previous production."""
-    from feedback_loop.deploy import core
+    from feedback_loop.deploy.targets import make_target
     from feedback_loop.operate import cleanup as tidy
 
     settings = _settings(ctx, keep_versions=keep_versions, deploy_target=deploy_target)
-    target = core.make_target(settings.deploy_target, settings.model_store_uri, settings.model_name, settings.namespace)
+    target = make_target(settings.deploy_target, settings.model_store_uri, settings.model_name, settings.namespace)
     result = tidy.cleanup(settings.model_store_uri, settings.model_name, target, settings.keep_versions, dry_run=dry_run)
     click.echo(json.dumps(tidy.summary(result, dry_run), indent=2))
 

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from feedback_loop.decide import rules
+from feedback_loop.deploy.targets import TARGETS
 from feedback_loop.errors import SettingsError
 
 ENV_PREFIX = "RETRAIN_"
@@ -22,10 +24,7 @@ NOT_PIPELINE_PARAMETERS = ("log_level", "database_url")
 
 
 def _rule_names() -> list[str]:
-    # Late import: the registry's rules read their thresholds' defaults from this module.
-    from feedback_loop.decide.rules import NAMES
-
-    return list(NAMES)
+    return list(rules.NAMES)
 
 
 class Settings(BaseSettings):
@@ -96,7 +95,7 @@ class Settings(BaseSettings):
     top_k: int = Field(10, ge=1, description="k of precision@k and recall@k for recommenders.")
 
     # Rollout.
-    deploy_target: Literal["local", "kserve"] = Field("kserve", description="\"local\" (state in the model store) or \"kserve\" (an InferenceService).")
+    deploy_target: str = Field("kserve", description="\"local\" (state in the model store) or \"kserve\" (an InferenceService).")
     namespace: str = Field("default", description="Kubernetes namespace of the InferenceService.")
     service_account: str = Field("", description="ServiceAccount the predictor reads the model store with; \"\" keeps the current one.")
     rollout_steps: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [10, 50, 100], description="Canary traffic percentages, rising to 100.")
@@ -136,6 +135,13 @@ class Settings(BaseSettings):
         unknown = sorted(set(value) - set(_rule_names()))
         if unknown:
             raise ValueError(f"unknown retrain rule(s) {', '.join(unknown)}: choose among {', '.join(_rule_names())}")
+        return value
+
+    @field_validator("deploy_target")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        if value not in TARGETS:
+            raise ValueError(f"choose one of: {', '.join(TARGETS)}")
         return value
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-COMPLETE_MARKER = "_COMPLETE"
+from feedback_loop.layout import COMPLETE_MARKER
 
 
 def normalize(uri: str, base: Path | None = None) -> str:

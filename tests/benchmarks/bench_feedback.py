@@ -39,6 +39,7 @@ import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from feedback_loop.feedback import core, store
+from feedback_loop.feedback.pseudonyms import HMAC_KEY_ENV, Pseudonymizer
 
 MODEL = "bench"
 DAYS = 28  # the traffic spreads over the last 28 days; the window is 30
@@ -184,7 +185,7 @@ def time_read_sql(dsn: str, window: core.Window) -> tuple[float, int]:
 
 def extract_in_child(dsn: str, now: datetime, out: Path) -> dict:
     """Our extraction in a fresh interpreter: its time, rows and peak RSS."""
-    env = {**os.environ, "FEEDBACK_HMAC_KEY": "bench-key", "BENCH_DSN": dsn}
+    env = {**os.environ, HMAC_KEY_ENV: "bench-key", "BENCH_DSN": dsn}
     done = subprocess.run(
         [sys.executable, __file__, "--child", str(out), now.isoformat()], env=env, check=True, capture_output=True, text=True
     )
@@ -207,8 +208,9 @@ def child(out: str, now: str) -> None:
     logging.basicConfig(level=logging.WARNING)
     dsn = os.environ["BENCH_DSN"]
     window = core.Window.of(MODEL, 30, now=datetime.fromisoformat(now))
+    parallel = int(os.environ.get("BENCH_PARALLEL", core.PARALLEL_SLICES))
     started = time.monotonic()
-    stats = core.extract(dsn, window, Path(out), parallel=int(os.environ.get("BENCH_PARALLEL", core.PARALLEL_SLICES)))
+    stats = core.extract(dsn, window, Path(out), pseudonymizer=Pseudonymizer(os.environ[HMAC_KEY_ENV]), parallel=parallel)
     seconds = time.monotonic() - started
     peak_mb = _peak_rss_mb()
     print(json.dumps({"seconds": seconds, "rows": stats.rows, "peak_rss_mb": round(peak_mb, 1), "excluded": stats.excluded}))

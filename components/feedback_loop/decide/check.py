@@ -20,15 +20,22 @@ def policy_of(settings: Any) -> core.Policy:
     return core.Policy.of(settings.model_dump())
 
 
-def check(settings: Any, dsn: str | None, now: datetime | None = None, target: Any = None) -> dict[str, Any]:
-    """The decision, the figures behind it and the production model it was taken against."""
+def check(
+    settings: Any, dsn: str | None, now: datetime | None = None, target: Any = None, hmac_key: str | None = None
+) -> dict[str, Any]:
+    """The decision, the figures behind it and the production model it was taken against.
+
+    `hmac_key` pseudonymises user ids in the scratch extract (None: they are left out)."""
     from feedback_loop.deploy import core as deploy
+    from feedback_loop.deploy.targets import make_target
     from feedback_loop.drift import core as drift
     from feedback_loop.feedback import core as feedback
+    from feedback_loop.feedback.pseudonyms import Pseudonymizer
+    from feedback_loop.feedback.stats import Options
 
-    target = target or deploy.make_target(settings.deploy_target, settings.model_store_uri, settings.model_name, settings.namespace)
+    target = target or make_target(settings.deploy_target, settings.model_store_uri, settings.model_name, settings.namespace)
     production = deploy.describe(target.read())
-    options = feedback.Options(
+    options = Options(
         keywords=tuple(settings.keywords),
         known_labels=tuple(settings.known_labels),
         error_rate_days=settings.error_rate_days,
@@ -38,19 +45,8 @@ def check(settings: Any, dsn: str | None, now: datetime | None = None, target: A
     window = feedback.Window.of(settings.model_name, settings.days_back, production["trained_through"], now=now)
     with tempfile.TemporaryDirectory() as scratch:
         current = Path(scratch) / "feedback.parquet"
-        stats = feedback.extract(dsn, window, current, options)
-        drifted = drift.run(
-            current,
-            production["reference_data_uri"],
-            p_value=settings.drift_p_value,
-            min_rows=settings.min_drift_rows,
-            correction=settings.drift_correction,
-            engine=settings.drift_engine,
-            share_threshold=settings.drift_share_threshold,
-            max_rows=settings.drift_max_rows,
-            seed=settings.seed,
-            feature_types=settings.drift_feature_types,
-        )
+        stats = feedback.extract(dsn, window, current, options, pseudonymizer=Pseudonymizer(hmac_key))
+        drifted = drift.run(current, production["reference_data_uri"], **drift.options_of(settings.model_dump()))
     is_drift = bool(drifted.is_drift)
     signals = core.Signals.from_metrics(
         stats.metrics(), is_drift=is_drift, rollout_in_progress=production["rollout_in_progress"], force=settings.force

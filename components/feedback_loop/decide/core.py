@@ -6,12 +6,19 @@ rollout is in progress (it finishes, or rolls back, first).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from feedback_loop.decide.rules import REGISTRY, Policy
 from feedback_loop.decide.signals import Signals
+from feedback_loop.settings import default_of
 
-__all__ = ["Decision", "Policy", "Rule", "Signals", "decide", "record"]
+__all__ = ["Decision", "Policy", "Rule", "Signals", "decide", "policy", "record"]
+
+
+def policy(**changes: Any) -> Policy:
+    """The policy of the settings' defaults, with `changes`."""
+    return Policy.of({**{f.name: default_of(f.name) for f in fields(Policy)}, **changes})
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ component's default and the README read `NAMES`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from feedback_loop.decide.signals import Signals
@@ -29,34 +29,25 @@ def rule(name: str) -> Callable[[Check], Check]:
     return register
 
 
-def _default(name: str) -> Any:
-    # The thresholds' defaults are the settings' (one table); imported late: settings reads NAMES.
-    from feedback_loop.settings import default_of
-
-    return field(default_factory=lambda: default_of(name))
-
-
 @dataclass(frozen=True)
 class Policy:
-    """The rules' thresholds and which rules are enabled."""
+    """The rules' thresholds and which rules are enabled (defaults: the settings', see core.policy)."""
 
-    min_feedback: int = _default("min_feedback")
-    min_negative: int = _default("min_negative")
-    min_positive_rate: float = _default("min_positive_rate")
-    max_error_rate: float = _default("max_error_rate")
-    max_recent_latency_ratio: float = _default("max_recent_latency_ratio")
-    max_keyword_hits: int = _default("max_keyword_hits")
-    min_new_data_share: float = _default("min_new_data_share")
-    max_model_age_days: float = _default("max_model_age_days")
-    rules: tuple[str, ...] = field(default_factory=lambda: NAMES)  # the enabled ones
+    min_feedback: int
+    min_negative: int
+    min_positive_rate: float
+    max_error_rate: float
+    max_recent_latency_ratio: float
+    max_keyword_hits: int
+    min_new_data_share: float
+    max_model_age_days: float
+    rules: tuple[str, ...]  # the enabled ones
 
     @classmethod
     def of(cls, values: Mapping[str, Any]) -> "Policy":
         """The policy from settings or parameters of the same names (extra names are ignored)."""
-        picked = {f.name: values[f.name] for f in fields(cls) if f.name in values}
-        if "rules" in picked:
-            picked["rules"] = tuple(picked["rules"])
-        return cls(**picked)
+        picked = {f.name: values[f.name] for f in fields(cls)}
+        return cls(**{**picked, "rules": tuple(picked["rules"])})
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.rules) - set(REGISTRY))

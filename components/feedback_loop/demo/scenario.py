@@ -52,9 +52,10 @@ def image_rows(images: np.ndarray, labels: np.ndarray, ids: list[str], times: li
 def seed(conn, store_uri: str, model_name: str, inputs_dir: Path, now: datetime | None = None, epochs: int = 8) -> Seeded | None:
     """Seeds everything once; returns None when a model already serves (nothing added)."""
     from feedback_loop.deploy import core as deploy
+    from feedback_loop.deploy.targets.local import LocalTarget
     from feedback_loop.train import core as train
 
-    target = deploy.LocalTarget(store_uri, model_name)
+    target = LocalTarget(store_uri, model_name)
     if target.read() is not None:
         return None
     now = now or datetime.now(timezone.utc)

@@ -13,7 +13,7 @@ def advance_rollout(
     record: Output[Markdown],
     model_name: str,
     model_store_uri: str,
-    deploy_target: str = "local",
+    deploy_target: str = "kserve",
     namespace: str = "default",
     prometheus_url: str = "",
     canary_metrics: dict = {},  # noqa: B006 (KFP reads the literal into the spec; {}: the defaults)
@@ -64,27 +64,28 @@ def advance_rollout(
         trained_through: Newest training timestamp (ISO 8601, UTC) of the stable and canary versions; "" when none.
         rollout_in_progress: Whether a canary still shares the traffic.
     """
+    import os
     from datetime import datetime, timezone
 
     from feedback_loop import logs
     from feedback_loop.deploy import core
-
-    import os
-
     from feedback_loop.deploy.analysis import DEFAULT_METRICS, AnalysisConfig
+    from feedback_loop.deploy.record import evidence_for, record_deployments, write_record
+    from feedback_loop.deploy.targets import make_target
 
     logs.setup()
     now = datetime.now(timezone.utc)
-    target = core.make_target(deploy_target, model_store_uri, model_name, namespace)
+    database_url = os.environ.get("DATABASE_URL")  # read when the step runs: the cluster's Secret
+    target = make_target(deploy_target, model_store_uri, model_name, namespace)
     config = AnalysisConfig(
         model_name, namespace, prometheus_url, canary_metrics or DEFAULT_METRICS, min_feedback_samples, feedback_alpha,
         ready_timeout_minutes,
     )
-    judge = core.make_judge(config, now, os.environ.get("DATABASE_URL"))
+    judge = core.make_judge(config, now, database_url)
     before = target.read()
     state, transitions = core.advance_rollout(target, now, judge=judge, max_wait_hours=max_wait_hours)
-    core.record(model_name, transitions, state)
-    core.write_record(record.path, model_name, transitions, state, target, core.evidence_for(transitions, state, before))
+    record_deployments(database_url, model_name, transitions, state)
+    write_record(record.path, model_name, transitions, state, target, evidence_for(transitions, state, before))
     return core.RolloutOutputs(core.status_of(transitions), **core.describe(state))
 
 
@@ -96,7 +97,7 @@ def deploy_canary(
     model_store_uri: str,
     drift_summary: Input[Markdown] = None,
     evaluation_verdict: Input[Markdown] = None,
-    deploy_target: str = "local",
+    deploy_target: str = "kserve",
     namespace: str = "default",
     service_account: str = "",
     rollout_steps: list[int] = [10, 50, 100],  # noqa: B006 (KFP reads the literal into the spec; each run gets a fresh copy)
@@ -125,23 +126,28 @@ def deploy_canary(
         version: The candidate's version.
         traffic_percent: Share of traffic the candidate serves now.
     """
+    import os
     from datetime import datetime, timezone
     from pathlib import Path
 
     from feedback_loop import logs
     from feedback_loop.deploy import core
+    from feedback_loop.deploy.record import evidence_for, record_deployments, write_record
+    from feedback_loop.deploy.targets import make_target
+    from feedback_loop.layout import EVIDENCE_FILES
 
     logs.setup()
+    drift_file, evaluation_file = EVIDENCE_FILES
     evidence = {
         name: Path(artifact.path).read_text()
-        for name, artifact in (("drift.md", drift_summary), ("evaluation.md", evaluation_verdict))
+        for name, artifact in ((drift_file, drift_summary), (evaluation_file, evaluation_verdict))
         if artifact is not None and Path(artifact.path).is_file()
     }
-    target = core.make_target(deploy_target, model_store_uri, model_name, namespace, service_account)
+    target = make_target(deploy_target, model_store_uri, model_name, namespace, service_account)
     state, transition = core.deploy(
         Path(candidate.path), model_store_uri, model_name, target, datetime.now(timezone.utc),
         steps=rollout_steps, bake_hours=bake_hours, evidence=evidence,
     )
-    core.record(model_name, [transition], state)
-    core.write_record(record.path, model_name, [transition], state, target, core.evidence_for([transition], state, None))
+    record_deployments(os.environ.get("DATABASE_URL"), model_name, [transition], state)
+    write_record(record.path, model_name, [transition], state, target, evidence_for([transition], state, None))
     return core.DeployOutputs(transition.action, transition.version, transition.traffic)

@@ -1,6 +1,6 @@
 """A pure builder of KServe `InferenceService` manifests (serving.kserve.io/v1beta1).
 
-Nothing here talks to a cluster; the rollout (`core.KServeTarget`) decides what to apply.
+Nothing here talks to a cluster; the rollout (`targets.kserve.KServeTarget`) decides what to apply.
 """
 
 from __future__ import annotations

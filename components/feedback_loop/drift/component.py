@@ -14,14 +14,14 @@ def detect_drift(
     summary: Output[Markdown],
     metrics: Output[Metrics],
     verdict_json: Output[Artifact],
-    p_value: float = 0.05,
-    min_rows: int = 30,
-    correction: str = "bonferroni",
-    engine: str = "alibi",
-    share_threshold: float = 0.0,
-    max_rows: int = 1_000_000,
+    drift_p_value: float = 0.05,
+    min_drift_rows: int = 30,
+    drift_correction: str = "bonferroni",
+    drift_engine: str = "alibi",
+    drift_share_threshold: float = 0.0,
+    drift_max_rows: int = 1_000_000,
     seed: int = 42,
-    feature_types: dict = {},  # noqa: B006 (KFP reads the default; the body never mutates it)
+    drift_feature_types: dict = {},  # noqa: B006 (KFP reads the default; the body never mutates it)
 ) -> bool:
     """Tests each input feature of `current` against the production model's training data.
 
@@ -30,20 +30,20 @@ def detect_drift(
     prediction and residual drift against the production model's validation predictions
     (`reference_predictions.parquet` beside its training data). Not tested (no drift) when
     there is no production model yet (`reference_uri` is "") or `current` has fewer than
-    `min_rows` rows.
+    `min_drift_rows` rows.
 
     Args:
         current: Parquet of the recent predictions (the feedback extract).
         reference_uri: Model-store URI (file:// or gs://) of the production model's
             training data, or "" when no model is in production.
-        p_value: Significance level before the correction for the number of features.
-        min_rows: Fewest current rows (and labelled rows, for residual drift) worth testing.
-        correction: "bonferroni" or "fdr" (Benjamini-Hochberg).
-        engine: "alibi" (alibi-detect) or "scipy"; the same tests and p-values.
-        share_threshold: Dataset drift when the share of drifted features is above this; 0: any.
-        max_rows: Most rows tested per side; above it a seeded uniform sample (recorded in the report).
-        seed: Seed of that sample.
-        feature_types: Declared feature types, name -> "numeric", "categorical" or "ignore".
+        drift_p_value: Significance level before the correction for the number of features.
+        min_drift_rows: Fewest current rows (and labelled rows, for residual drift) worth testing.
+        drift_correction: "bonferroni" or "fdr" (Benjamini-Hochberg).
+        drift_engine: "alibi" (alibi-detect) or "scipy"; the same tests and p-values.
+        drift_share_threshold: Dataset drift when the share of drifted features is above this; 0: any.
+        drift_max_rows: Most rows tested per side; above it a seeded uniform sample (recorded in the report).
+        seed: Seed of every random choice (drift's row sample, weights, shuffling, dropout, sampled negatives).
+        drift_feature_types: Declared feature types, name -> "numeric", "categorical" or "ignore".
 
     Returns:
         report: Verdict, per-feature statistics and reference-vs-current charts, data quality, prediction drift.
@@ -54,15 +54,13 @@ def detect_drift(
     """
     from feedback_loop import logs
     from feedback_loop.drift import core
+    from feedback_loop.drift.report import write_html, write_json, write_markdown
 
     logs.setup()
-    result = core.run(
-        current.path, reference_uri, p_value=p_value, min_rows=min_rows, correction=correction, engine=engine,
-        share_threshold=share_threshold, max_rows=max_rows, seed=seed, feature_types=feature_types,
-    )
-    core.write_html(result, report.path)
-    core.write_markdown(result, summary.path)
-    core.write_json(result, verdict_json.path)
+    result = core.run(current.path, reference_uri, **core.options_of(locals()))
+    write_html(result, report.path)
+    write_markdown(result, summary.path)
+    write_json(result, verdict_json.path)
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
     return result.is_drift

@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feedback_loop.errors import DataError
+
 BATCH_ROWS = 65_536
 
 
@@ -46,6 +48,19 @@ class Sample:
     @property
     def capped(self) -> bool:
         return self.table.num_rows < self.rows
+
+
+def schema_and_rows(path: Path, role: str) -> tuple[pa.Schema, int]:
+    """The schema and row count of a Parquet file, from its footer; `role` names it in errors."""
+    try:
+        metadata = pq.read_metadata(path)
+    except FileNotFoundError:
+        raise DataError(f"{role} dataset {path} does not exist: check the path or URI given for it") from None
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(
+            f"{role} dataset {path} is not a readable Parquet file ({err}): write it with feedback_loop.dataset"
+        ) from None
+    return metadata.schema.to_arrow_schema(), metadata.num_rows
 
 
 def read_sample(

@@ -11,10 +11,9 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # core imports this module; at run time only duck-typed attributes are used
-    from feedback_loop.drift.core import DriftResult, FeatureDrift, Histogram, PredictionDrift, Quality
+from feedback_loop.drift.result import DriftResult, FeatureDrift, Histogram, PredictionDrift, Quality
 
 e = html.escape
 
@@ -164,14 +163,9 @@ def write_html(result: DriftResult, path: Path | str) -> Path:
     return _write(path, page)
 
 
-_LEGEND = (
-    '<i style="background:var(--ref)"></i>reference (training data)'
-    '<i style="background:var(--cur)"></i>current'
-)
-_LEGEND_PREDICTIONS = (
-    '<i style="background:var(--ref)"></i>reference (production model on its validation rows)'
-    '<i style="background:var(--cur)"></i>current'
-)
+_SWATCH = '<i style="background:var(--{})"></i>'
+_LEGEND = f"{_SWATCH.format('ref')}reference (training data){_SWATCH.format('cur')}current"
+_LEGEND_PREDICTIONS = f"{_SWATCH.format('ref')}reference (production model on its validation rows){_SWATCH.format('cur')}current"
 
 
 def _overview(result: DriftResult) -> str:
@@ -281,9 +275,7 @@ def _quality_section(q: Quality) -> str:
     rows = []
     for c in sorted(q.columns, key=lambda c: (not c.issues(), c.name)):
         bad = bool(c.issues())
-        rng = (
-            f"{_num(c.reference_min)} … {_num(c.reference_max)}" if c.reference_min is not None else "—"
-        )
+        rng = f"{_num(c.reference_min)} … {_num(c.reference_max)}" if c.reference_min is not None else "—"
         cur_rng = f"{_num(c.current_min)} … {_num(c.current_max)}" if c.current_min is not None else "—"
         out = f"{_pct(c.out_of_range)}" if c.reference_min is not None else "—"
         type_ = e(c.reference_type) if c.reference_type == c.current_type else f"{e(c.reference_type)} → {e(c.current_type)}"
@@ -367,11 +359,10 @@ def _svg_bars(h: Histogram, unseen: set[str]) -> str:
     for i, (label, r, c) in enumerate(zip(h.labels, ref, cur)):
         y = 2 + i * row_h
         new = label in unseen
-        shown = label if len(label) <= 22 else label[:21] + "…"
         css = ' class="new"' if new else ""
         parts.append(
             f'<text x="{label_w - 8}" y="{y + 16}" text-anchor="end"{css}>'
-            f"<title>{html.escape(label)}</title>{html.escape(shown)}{' (new)' if new else ''}</text>"
+            f"<title>{html.escape(label)}</title>{html.escape(_short(label))}{' (new)' if new else ''}</text>"
         )
         for dy, share, side in ((3, r, "ref"), (13, c, "cur")):
             bar_w = plot_w * share / peak

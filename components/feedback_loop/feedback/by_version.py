@@ -16,6 +16,7 @@ import psycopg2
 import psycopg2.extensions
 
 from feedback_loop.errors import FeedbackSchemaError
+from feedback_loop.feedback import queries
 
 
 @dataclass(frozen=True)
@@ -35,32 +36,16 @@ class VersionFeedback:
         return self.positive / self.answered if self.answered else None
 
 
-# The latest answer per prediction counts (a user may change a thumbs-down into a thumbs-up).
-_QUERY = """
-SELECT model_version, count(*) AS answered, count(*) FILTER (WHERE is_correct) AS positive
-FROM (
-    SELECT DISTINCT ON (p.id) p.model_version, f.is_correct
-    FROM predictions p
-    JOIN feedback f ON f.prediction_id = p.id
-    WHERE p.model_name = %(model_name)s
-      AND p.model_version = ANY(%(versions)s)
-      AND p.created_at >= %(start)s AND p.created_at < %(end)s
-      AND p.consent
-    ORDER BY p.id, f.created_at DESC, f.id DESC
-) latest
-GROUP BY model_version
-"""
-
-
 def satisfaction_by_version(
     conn: psycopg2.extensions.connection, model_name: str, versions: Sequence[str], start: datetime, end: datetime
 ) -> dict[str, VersionFeedback]:
     """Feedback on the predictions each version made in [start, end); every asked version is in the answer."""
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("start and end must be timezone-aware")
+    params = {"model_name": model_name, "versions": list(versions), "start": start, "end": end}
     try:
         with conn.cursor() as cur:
-            cur.execute(_QUERY, {"model_name": model_name, "versions": list(versions), "start": start, "end": end})
+            cur.execute(queries.text("satisfaction_by_version"), params)
             rows = cur.fetchall()
         conn.rollback()  # read-only; leave no transaction open
     except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn) as err:

@@ -29,14 +29,14 @@ def extract_feedback(
     (before `since`, an ISO timestamp) are left out; unusable rows are counted by reason.
 
     Args:
-        model_name: The served model whose predictions are read.
-        days_back: Length of the window, in days, ending now.
+        model_name: Name of the served model (and of its InferenceService).
+        days_back: Length of the feedback window, in days, ending now.
         since: Newest timestamp the production model was trained on ("" when none).
         reference_data_uri: The production model's training data, for the new-data share.
         keywords: Words that, in a negative comment, count as a keyword hit.
         known_labels: The labels a prediction or correction may name (empty: any).
-        error_rate_days: Length of the sliding window of the error rate.
-        latency_baseline_ms: Latency baseline; 0 takes the window's earlier predictions.
+        error_rate_days: Length of the sliding window of the error rate, in days.
+        latency_baseline_ms: Latency baseline in ms; 0 takes the window's earlier predictions.
 
     Returns:
         feedback: Parquet, one row per usable prediction, feature columns from the JSONB features.
@@ -53,9 +53,11 @@ def extract_feedback(
 
     from feedback_loop import logs
     from feedback_loop.feedback import core
+    from feedback_loop.feedback.pseudonyms import HMAC_KEY_ENV, Pseudonymizer
+    from feedback_loop.feedback.stats import Options
 
     logs.setup()
-    options = core.Options(
+    options = Options(
         keywords=tuple(keywords),
         known_labels=tuple(known_labels),
         error_rate_days=error_rate_days,
@@ -63,7 +65,8 @@ def extract_feedback(
         training_rows=core.training_rows(reference_data_uri),
     )
     window = core.Window.of(model_name, days_back, since)
-    result = core.extract(os.environ.get("DATABASE_URL"), window, feedback.path, options)
+    pseudonymizer = Pseudonymizer(os.environ.get(HMAC_KEY_ENV) or None)  # the Secret's key, read at the edge
+    result = core.extract(os.environ.get("DATABASE_URL"), window, feedback.path, options, pseudonymizer=pseudonymizer)
     for name, value in result.metrics().items():
         stats.log_metric(name, value)
     outputs = namedtuple("FeedbackOutputs", ["rows", "feedback_count", "negative_count", "satisfaction_rate"])
@@ -78,7 +81,7 @@ def purge_feedback(record: Output[Markdown], retention_days: int = 180) -> int:
     data and are kept. Reads `DATABASE_URL` (a Kubernetes Secret).
 
     Args:
-        retention_days: How long predictions and feedback are kept.
+        retention_days: How long predictions and feedback are kept, in days.
 
     Returns:
         record: How many rows of each table were deleted, and the cut-off.

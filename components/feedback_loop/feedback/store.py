@@ -1,7 +1,7 @@
 """PostgreSQL access: connection with retries, the project's schema, run and deployment records.
 
-The only module (with core.py beside it) that talks to the database. The DSN is a secret:
-it is never logged nor put in an error message.
+The only module (with core.py beside it) that talks to the database; the SQL of both lies in
+sql/ (see queries.py). The DSN is a secret: it is never logged nor put in an error message.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from psycopg2 import sql
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from feedback_loop.errors import DatabaseUnreachable
+from feedback_loop.feedback import queries
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -37,71 +38,9 @@ class Tables:
     predictions: str = "predictions"
     feedback: str = "feedback"
 
+
 # Each migration runs once, in order, inside one transaction with its version row.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE predictions (
-        id              text PRIMARY KEY,
-        created_at      timestamptz NOT NULL DEFAULT now(),
-        model_name      text NOT NULL,
-        model_version   text NOT NULL,
-        features        jsonb NOT NULL DEFAULT '{}'::jsonb,  -- summary features, never raw images
-        input_uri       text,                                -- where the raw input lies, if kept
-        predicted_label text,
-        confidence      double precision,
-        latency_ms      double precision,
-        user_id         text,                                -- pseudonymous
-        consent         boolean NOT NULL DEFAULT true
-    );
-    CREATE INDEX predictions_model_time ON predictions (model_name, created_at);
-    -- No foreign key: feedback for an unknown prediction is counted and excluded, not refused.
-    CREATE TABLE feedback (
-        id              bigserial PRIMARY KEY,
-        prediction_id   text NOT NULL,
-        created_at      timestamptz NOT NULL DEFAULT now(),
-        is_correct      boolean NOT NULL,
-        corrected_label text,
-        comment         text
-    );
-    CREATE INDEX feedback_prediction ON feedback (prediction_id, created_at);
-    CREATE TABLE retrain_runs (
-        id          bigserial PRIMARY KEY,
-        started_at  timestamptz NOT NULL DEFAULT now(),
-        model_name  text NOT NULL,
-        run_name    text,
-        retrain     boolean NOT NULL,
-        reasons     jsonb NOT NULL DEFAULT '[]'::jsonb,
-        stats       jsonb NOT NULL DEFAULT '{}'::jsonb
-    );
-    CREATE TABLE deployments (
-        id              bigserial PRIMARY KEY,
-        at              timestamptz NOT NULL DEFAULT now(),
-        model_name      text NOT NULL,
-        version         text NOT NULL,
-        action          text NOT NULL,
-        traffic_percent integer NOT NULL,
-        reason          text NOT NULL DEFAULT '',
-        details         jsonb NOT NULL DEFAULT '{}'::jsonb
-    );
-    """,
-    # 2: regressors' answers, the indexes of the window, exclusion and retention queries.
-    """
-    ALTER TABLE predictions ADD COLUMN predicted_value double precision;  -- a regressor's answer
-    -- Counting a window's non-consenting rows reads only them.
-    CREATE INDEX predictions_no_consent ON predictions (model_name, created_at) WHERE NOT consent;
-    -- Retention deletes by age whatever the model.
-    CREATE INDEX predictions_created_at ON predictions (created_at);
-    -- Future-dated and orphan feedback are counted by time; the prediction id comes from the index.
-    CREATE INDEX feedback_created_at ON feedback (created_at) INCLUDE (prediction_id);
-    CREATE INDEX retrain_runs_model_time ON retrain_runs (model_name, started_at);
-    """,
-    # 3: each prediction's answers newest first, ties by id, straight from the index: the
-    # extraction keeps the first of each and counts the rest without sorting.
-    """
-    CREATE INDEX feedback_prediction_latest ON feedback (prediction_id, created_at DESC, id DESC);
-    DROP INDEX feedback_prediction;
-    """,
-]
+MIGRATIONS: tuple[str, ...] = queries.migrations()
 
 # Arrow batches of ~4 MB: small enough that those in flight keep the extraction's memory flat.
 BATCH_BYTES = 4 << 20
@@ -221,23 +160,20 @@ def _redact(text: str) -> str:
 def migrate(conn: psycopg2.extensions.connection) -> int:
     """Brings the schema up to date; safe to run any number of times. Returns the version."""
     with conn, conn.cursor() as cur:
-        cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-        # One migrator at a time, even when two runs start together.
-        cur.execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")
-        cur.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+        cur.execute(queries.text("schema_version"))
         current = cur.fetchone()[0]
-        for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
+        for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
             log.info("applying schema migration %d", version)
-            cur.execute(sql)
-            cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            cur.execute(migration)
+            cur.execute(queries.text("schema_version_applied"), {"version": version})
     return len(MIGRATIONS)
 
 
 def record_run(conn, *, model_name: str, run_name: str, retrain: bool, reasons: list[str], stats: dict[str, Any]) -> None:
     with conn, conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO retrain_runs (model_name, run_name, retrain, reasons, stats) VALUES (%s, %s, %s, %s, %s)",
-            (model_name, run_name, retrain, json.dumps(reasons), json.dumps(stats)),
+            queries.text("record_run"),
+            {"model_name": model_name, "run_name": run_name, "retrain": retrain, "reasons": json.dumps(reasons), "stats": json.dumps(stats)},
         )
 
 
@@ -246,19 +182,17 @@ def record_deployment(
 ) -> None:
     with conn, conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO deployments (model_name, version, action, traffic_percent, reason, details)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            (model_name, version, action, traffic_percent, reason, json.dumps(details, default=str)),
+            queries.text("record_deployment"),
+            {
+                "model_name": model_name, "version": version, "action": action, "traffic_percent": traffic_percent,
+                "reason": reason, "details": json.dumps(details, default=str),
+            },
         )
 
 
 def history(conn, model_name: str, limit: int = 20) -> list[dict[str, Any]]:
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT started_at, run_name, retrain, reasons, stats FROM retrain_runs WHERE model_name = %s"
-            " ORDER BY started_at DESC, id DESC LIMIT %s",
-            (model_name, limit),
-        )
+        cur.execute(queries.text("run_history"), {"model_name": model_name, "limit": limit})
         names = [c.name for c in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
@@ -274,15 +208,9 @@ def purge(
     if retention_days < 1:
         raise ValueError("retention_days must be at least 1")
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=retention_days)
-    names = {"p": sql.Identifier(tables.predictions), "f": sql.Identifier(tables.feedback)}
-    statements = {
-        # Feedback on an expiring prediction, then feedback that is old itself, then the predictions.
-        "feedback": sql.SQL(
-            "DELETE FROM {f} WHERE created_at < %(cutoff)s"
-            " OR prediction_id IN (SELECT id FROM {p} WHERE created_at < %(cutoff)s)"
-        ).format(**names),
-        "predictions": sql.SQL("DELETE FROM {p} WHERE created_at < %(cutoff)s").format(**names),
-    }
+    names = {"predictions": sql.Identifier(tables.predictions), "feedback": sql.Identifier(tables.feedback)}
+    # The feedback first: it goes with its expiring prediction.
+    statements = {table: queries.compose(f"purge_{table}", **names) for table in ("feedback", "predictions")}
     counts: dict[str, int] = {}
     with conn, conn.cursor() as cur:
         for table, statement in statements.items():

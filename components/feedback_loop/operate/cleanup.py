@@ -23,12 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from feedback_loop import storage
-from feedback_loop.deploy import core as deploy
+from feedback_loop.deploy.publish import version_dir_uri
+from feedback_loop.deploy.rollout import DEPLOYED, PROMOTED, RolloutState, traffic
+from feedback_loop.deploy.targets import Target
 from feedback_loop.errors import FeedbackLoopError
+from feedback_loop.layout import COMPLETE_MARKER, LINEAGE_FILE
 
 log = logging.getLogger(__name__)
 
-PRODUCTION_ACTIONS = (deploy.DEPLOYED, deploy.PROMOTED)
+PRODUCTION_ACTIONS = (DEPLOYED, PROMOTED)
 
 
 class ProtectedVersion(FeedbackLoopError):
@@ -61,7 +64,7 @@ class CleanupPlan:
         return "\n".join([f"# Model store clean-up of `{model_name}`", "", "| version | outcome |", "|---|---|", *rows, ""])
 
 
-def protected_versions(state: deploy.RolloutState | None) -> dict[str, str]:
+def protected_versions(state: RolloutState | None) -> dict[str, str]:
     """The versions the rollout needs, with the reason for each."""
     if state is None:
         return {}
@@ -69,7 +72,7 @@ def protected_versions(state: deploy.RolloutState | None) -> dict[str, str]:
     if state.stable is not None:
         found[state.stable.version] = "serves (stable)" + (", the rollback target of the canary" if state.canary else "")
     if state.canary is not None:
-        found[state.canary.version] = f"serves (canary at {deploy.traffic(state)} %)"
+        found[state.canary.version] = f"serves (canary at {traffic(state)} %)"
     current = state.stable.version if state.stable else None
     earlier = [h["version"] for h in state.history if h.get("action") in PRODUCTION_ACTIONS and h.get("version") != current]
     if earlier and earlier[-1] not in found:
@@ -77,7 +80,7 @@ def protected_versions(state: deploy.RolloutState | None) -> dict[str, str]:
     return found
 
 
-def plan(versions: list[str], created: dict[str, str], state: deploy.RolloutState | None, keep_versions: int,
+def plan(versions: list[str], created: dict[str, str], state: RolloutState | None, keep_versions: int,
          incomplete: list[str] | None = None) -> CleanupPlan:
     """Splits complete `versions` into kept, protected and deleted; pure.
 
@@ -103,18 +106,18 @@ def survey(store_uri: str, model_name: str) -> tuple[list[str], dict[str, str], 
             incomplete.append(version)
             continue
         complete.append(version)
-        lineage = storage.join(uri, deploy.LINEAGE_FILE)
+        lineage = storage.join(uri, LINEAGE_FILE)
         if storage.exists(lineage):
             created[version] = str(json.loads(storage.read_bytes(lineage)).get("created_at") or "")
     return complete, created, incomplete
 
 
-def delete_version(store_uri: str, model_name: str, version: str, target: deploy.Target) -> None:
+def delete_version(store_uri: str, model_name: str, version: str, target: Target) -> None:
     """Deletes one version directory, after checking the live rollout state does not need it."""
     needed = protected_versions(target.read())
     if version in needed:
         raise ProtectedVersion(f"{model_name} {version} is not deleted: it {needed[version]}; roll out another version first")
-    uri = deploy.version_dir_uri(store_uri, model_name, version)
+    uri = version_dir_uri(store_uri, model_name, version)
     _delete_dir(uri)
     log.info("deleted %s %s (%s)", model_name, version, uri)
 
@@ -127,18 +130,18 @@ def _delete_dir(uri: str) -> None:
         bucket = storage._gcs_client().bucket(parsed.netloc)  # noqa: SLF001 (the store's one client, emulator-aware)
         prefix = parsed.path.strip("/") + "/"
         # The marker first: from then on no reader trusts the half-deleted version.
-        marker = bucket.blob(prefix + storage.COMPLETE_MARKER)
+        marker = bucket.blob(prefix + COMPLETE_MARKER)
         if marker.exists():
             marker.delete()
         for blob in bucket.list_blobs(prefix=prefix):
             blob.delete()
         return
     path = storage.local_path(uri)
-    (path / storage.COMPLETE_MARKER).unlink(missing_ok=True)
+    (path / COMPLETE_MARKER).unlink(missing_ok=True)
     shutil.rmtree(path, ignore_errors=False)
 
 
-def cleanup(store_uri: str, model_name: str, target: deploy.Target, keep_versions: int, dry_run: bool = False) -> CleanupPlan:
+def cleanup(store_uri: str, model_name: str, target: Target, keep_versions: int, dry_run: bool = False) -> CleanupPlan:
     """Deletes the versions beyond the newest `keep_versions` that the rollout does not need."""
     versions, created, incomplete = survey(store_uri, model_name)
     result = plan(versions, created, target.read(), keep_versions, incomplete)

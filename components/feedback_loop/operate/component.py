@@ -22,7 +22,7 @@ def notify_outcome(
 
     Args:
         status: The run's final state and error, filled in by KFP.
-        model_name: Name of the served model.
+        model_name: Name of the served model (and of its InferenceService).
         run_name: The run's name, as `decide_retrain` recorded it (dsl.PIPELINE_JOB_NAME_PLACEHOLDER).
 
     Returns:
@@ -50,7 +50,7 @@ def clean_model_store(
     record: Output[Markdown],
     model_name: str,
     model_store_uri: str,
-    deploy_target: str = "local",
+    deploy_target: str = "kserve",
     namespace: str = "default",
     keep_versions: int = 5,
 ) -> int:
@@ -71,11 +71,11 @@ def clean_model_store(
         Output: How many versions were deleted.
     """
     from feedback_loop import logs
-    from feedback_loop.deploy import core
+    from feedback_loop.deploy.targets import make_target
     from feedback_loop.operate import cleanup
 
     logs.setup()
-    target = core.make_target(deploy_target, model_store_uri, model_name, namespace)
+    target = make_target(deploy_target, model_store_uri, model_name, namespace)
     result = cleanup.cleanup(model_store_uri, model_name, target, keep_versions)
     with open(record.path, "w") as handle:
         handle.write(result.to_markdown(model_name, done=True))

@@ -31,8 +31,7 @@ def prepare_dataset(
         production_model_uri: The production version directory; its `test_data.parquet`, when
             present, is the original test set carried forward. "" when none serves.
         holdout_fraction: Share of the newest rows held out for candidate vs production.
-        window: expanding (all history), sliding (last `window_days`), or weighted (all
-            history; training weights rows by age).
+        window: expanding (all history), sliding (last `window_days`), or weighted (rows weighted by age with `half_life_days`).
         window_days: Length of a sliding window, in days before the holdout starts.
         split: recent_feedback, or time_series for time-ordered data.
 
@@ -46,6 +45,7 @@ def prepare_dataset(
     from pathlib import Path
 
     from feedback_loop import logs, storage
+    from feedback_loop.layout import TEST_DATA_FILE
     from feedback_loop.prepare import core
 
     logs.setup()
@@ -54,7 +54,7 @@ def prepare_dataset(
         if reference_data_uri:
             reference = Path(scratch) / "reference.parquet"
             reference.write_bytes(storage.read_bytes(reference_data_uri))
-        test_uri = storage.join(production_model_uri, "test_data.parquet") if production_model_uri else ""
+        test_uri = storage.join(production_model_uri, TEST_DATA_FILE) if production_model_uri else ""
         if test_uri and storage.exists(test_uri):
             original_test = Path(scratch) / "test.parquet"
             original_test.write_bytes(storage.read_bytes(test_uri))

@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 
 from feedback_loop.errors import ModelNotFound
+from feedback_loop.layout import LINEAGE_FILE, SAVED_MODEL_DIR
 
 log = logging.getLogger(__name__)
 
-LINEAGE_FILE = "lineage.json"
-SAVED_MODEL_DIR = "saved_model"
 SIGNATURE = "serving_default"
 OUTPUT = "probabilities"
 VERSION_HEADER = "x-model-version"

@@ -35,18 +35,18 @@ def train_model(
         train: Training rows (Parquet, the shared dataset contract).
         test: The original test set, stored with the model for the next versions' no-regression gate.
         drift_metrics: The drift stage's metrics; `share_drifted` steers the `auto` strategy.
-        model_name: Name of the served model, recorded in the lineage.
+        model_name: Name of the served model (and of its InferenceService).
         epochs: Most epochs to run; early stopping on the newest rows may end sooner.
         learning_rate: Adam's initial learning rate (halved on plateaus; scaled down to fine-tune).
         batch_size: Rows per step and per GPU (the global batch grows with the GPUs).
-        seed: Seed of weights, shuffling, dropout and sampled negatives.
+        seed: Seed of every random choice (drift's row sample, weights, shuffling, dropout, sampled negatives).
         parent_version: Version this model replaces ("" for the first model).
         production_model_uri: Model-store URI of the serving version, the warm start of a fine-tune.
         family: auto, image_classifier, tabular_classifier, tabular_regressor, recommender, or module:function.
         strategy: scratch, fine_tune, or auto (from scratch when drift is broad or the new data large).
         auto_drift_share: Share of drifted features from which `auto` trains from scratch.
         auto_new_data_fraction: Share of rows newer than production from which `auto` trains from scratch.
-        window: The data window; `weighted` weights rows by age with `half_life_days`.
+        window: expanding (all history), sliding (last `window_days`), or weighted (rows weighted by age with `half_life_days`).
         half_life_days: Age at which a row counts half, for the weighted window.
         mixed_precision: float16 (GPU) or bfloat16 (CPU) compute with float32 weights.
         xla: Compile the training step with XLA.

@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from feedback_loop.dataset import CREATED_AT, ID, LABEL, write_parquet
 from feedback_loop.errors import DataError, ModelNotFound, SettingsError
+from feedback_loop.layout import LINEAGE_FILE, MODEL_FILE, REFERENCE_PREDICTIONS_FILE, SAVED_MODEL_DIR, SERVING_VERSION, TEST_DATA_FILE, TRAINING_DATA_FILE
 from feedback_loop.lineage import code_lineage, data_hash
 from feedback_loop.prepare.windows import decay_weights
 from feedback_loop.train import families
@@ -59,13 +60,6 @@ from feedback_loop.train.families import (  # noqa: F401 (re-exported: the stage
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-LINEAGE_FILE = "lineage.json"
-SAVED_MODEL_DIR = "saved_model"
-SERVING_VERSION = "1"  # TF Serving (KServe's tensorflow runtime) loads numbered version dirs
-TRAINING_DATA_FILE = "training_data.parquet"
-REFERENCE_PREDICTIONS_FILE = "reference_predictions.parquet"
-TEST_DATA_FILE = "test_data.parquet"
 SCRATCH, FINE_TUNE, AUTO = "scratch", "fine_tune", "auto"
 STRATEGIES = (SCRATCH, FINE_TUNE, AUTO)
 _PREDICT_BATCH = 512

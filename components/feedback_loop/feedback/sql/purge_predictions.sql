@@ -1,0 +1,1 @@
+DELETE FROM {predictions} WHERE created_at < %(cutoff)s
