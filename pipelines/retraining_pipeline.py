@@ -76,7 +76,10 @@ def build_pipeline(accelerator_type: str = ACCELERATOR_TYPE, accelerator_count: 
                 step(
                     decide_retrain, p,
                     stats=feedback.outputs["stats"],
+                    feedback=feedback.outputs["feedback"],
+                    drift_metrics=drift.outputs["metrics"],
                     is_drift=drift.outputs["Output"],
+                    production_model_uri=production["production_model_uri"],
                     rollout_in_progress=production["rollout_in_progress"],
                     run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 )
@@ -122,6 +125,7 @@ def build_pipeline(accelerator_type: str = ACCELERATOR_TYPE, accelerator_count: 
                                 candidate=training.outputs["model"],
                                 drift_summary=drift.outputs["summary"],
                                 evaluation_verdict=evaluation.outputs["verdict"],
+                                guard=evaluation.outputs["guard"],
                             )
                         ).set_caching_options(False)
 

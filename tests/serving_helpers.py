@@ -46,6 +46,7 @@ def make_version(root: Path, version: str, *, fail_above: float | None = None, s
     }
     (model_dir / "lineage.json").write_text(json.dumps(lineage))
     (model_dir / "training_data.parquet").write_bytes(b"PAR1")
+    (model_dir / "_COMPLETE").write_bytes(b"")  # as publishing leaves it: `serve` refuses a version without it
     return model_dir
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,10 +19,13 @@ from feedback_loop.decide import check, core
 from feedback_loop.decide.component import decide_retrain
 from feedback_loop.errors import SettingsError
 from feedback_loop.feedback import store
-from feedback_loop.decide.rules import NAMES
+from feedback_loop.decide.rules import DEFAULT_RULES, NAMES
+from feedback_loop.demo import scenario
 from feedback_loop.settings import Settings, load
 
-POLICY = core.policy(min_feedback=100, min_negative=20, min_positive_rate=0.70)
+# The first users' absolute rules, as the cats-vs-dogs demo enables them.
+OLD_RULES = ("user_feedback", "error_rate", "latency", "keywords", "new_data", "input_drift", "model_age")
+POLICY = core.policy(min_feedback=100, min_negative=20, min_positive_rate=0.70, rules=OLD_RULES)
 
 
 def signals(**changes) -> core.Signals:
@@ -98,8 +102,10 @@ def test_no_second_rollout_while_one_is_in_progress() -> None:
 
 
 def test_settings_know_the_same_rules() -> None:
-    assert tuple(Settings.model_fields["rules"].default_factory()) == NAMES
+    assert tuple(Settings.model_fields["rules"].default_factory()) == DEFAULT_RULES == ("performance", "first_model")
+    assert set(OLD_RULES) | {"prediction_drift", "residual_drift"} | set(DEFAULT_RULES) == set(NAMES)
     assert check.policy_of(load()) == core.policy()
+    assert scenario.RULES == OLD_RULES, "the demo keeps the first users' rules"
 
 
 # --- properties -----------------------------------------------------------------------------
@@ -121,6 +127,13 @@ all_signals = st.builds(
     new_rows=counts,
     new_data_share=st.floats(min_value=0.0, max_value=5.0, allow_nan=False),
     days_since_training=st.one_of(st.just(-1.0), st.floats(min_value=0.0, max_value=1000.0, allow_nan=False)),
+    has_production=st.booleans(),
+    prediction_tested=st.booleans(),
+    prediction_drift=st.booleans(),
+    residual_p_value=st.one_of(st.just(-1.0), rates),
+    residual_reference_rate=rates,
+    residual_current_rate=rates,
+    residual_drift=st.booleans(),
 )
 policies = st.builds(
     core.Policy,
@@ -133,6 +146,8 @@ policies = st.builds(
     min_new_data_share=st.floats(min_value=0.0, max_value=2.0, allow_nan=False),
     max_model_age_days=st.floats(min_value=1.0, max_value=365.0, allow_nan=False),
     rules=st.lists(st.sampled_from(NAMES), unique=True).map(tuple),
+    performance_margin=st.floats(min_value=0.0, max_value=1.0, allow_nan=False),
+    performance_alpha=st.floats(min_value=0.001, max_value=0.2, allow_nan=False),
 )
 
 
@@ -146,6 +161,10 @@ def expected_firing(s: core.Signals, p: core.Policy) -> set[str]:
         "new_data": s.new_rows >= p.min_feedback and s.new_data_share >= p.min_new_data_share,
         "input_drift": s.is_drift,
         "model_age": s.days_since_training >= 0 and s.days_since_training > p.max_model_age_days,
+        "performance": False,  # no evidence gathered: it cannot judge (tests/test_decide_performance.py)
+        "first_model": not s.has_production and s.new_rows >= p.min_feedback,
+        "prediction_drift": s.prediction_tested and s.prediction_drift,
+        "residual_drift": s.residual_p_value >= 0 and s.residual_drift and s.residual_current_rate > s.residual_reference_rate,
     }
     return {name for name, fired in conditions.items() if fired and name in p.rules} | ({"force"} if s.force else set())
 
@@ -178,9 +197,11 @@ def test_the_decision_renders_every_rule_and_survives_json(s: core.Signals, p: c
     text = decision.to_markdown()
     assert all(f"| {r.name} |" in text for r in decision.rules)
     assert json.loads(json.dumps(decision.to_dict()))["retrain"] == decision.retrain
-    # The figures read back from KFP metrics give the same decision.
-    metrics = {k: float(v) for k, v in s.__dict__.items() if k not in {"is_drift", "rollout_in_progress", "force"}}
+    # The figures read back from KFP metrics give the same decision (the flags come from elsewhere).
+    flags = {k: v for k, v in s.__dict__.items() if isinstance(v, bool)}
+    metrics = {k: float(v) for k, v in s.__dict__.items() if k not in flags and k != "evidence"}
     again = core.Signals.from_metrics(metrics, is_drift=s.is_drift, rollout_in_progress=s.rollout_in_progress, force=s.force)
+    again = dataclasses.replace(again, **flags)
     assert core.decide(again, p).to_dict() == decision.to_dict()
 
 
@@ -194,11 +215,25 @@ def metrics_artifact(tmp_path: Path, **values: float) -> dsl.Metrics:
     return stats
 
 
+def empty_feedback(tmp_path: Path) -> dsl.Dataset:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from feedback_loop.feedback.features import BASE_COLUMNS
+
+    artifact = dsl.Dataset(uri=str(tmp_path / "feedback"))
+    pq.write_table(pa.schema(BASE_COLUMNS).empty_table(), artifact.path)
+    return artifact
+
+
 def test_wrapper_reads_the_metrics_writes_markdown_and_records_the_run(database_url: str, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("DATABASE_URL", database_url)
     stats = metrics_artifact(tmp_path, feedback_count=200, negative_count=80, satisfaction_rate=0.6, keyword_hits=3, error_rate=0.4, error_rate_feedback=150)
     markdown = dsl.Markdown(uri=str(tmp_path / "decision.md"))
-    retrain = decide_retrain.python_func(stats=stats, decision=markdown, model_name="m", is_drift=True, run_name="run-1", rules=["user_feedback", "input_drift", "keywords"])
+    retrain = decide_retrain.python_func(
+        stats=stats, feedback=empty_feedback(tmp_path), drift_metrics=dsl.Metrics(uri=str(tmp_path / "drift")), decision=markdown,
+        model_name="m", is_drift=True, run_name="run-1", rules=["user_feedback", "input_drift", "keywords"],
+    )
     assert retrain is True
     text = Path(markdown.path).read_text()
     assert "| user_feedback | yes | yes |" in text and "| input_drift | yes | yes |" in text
@@ -218,7 +253,9 @@ def test_decide_interface() -> None:
     spec = decide_retrain.component_spec
     assert spec.outputs["Output"].type == "Boolean" and spec.outputs["decision"].type == "system.Markdown@0.0.1"
     assert spec.inputs["stats"].type == "system.Metrics@0.0.1"
-    assert set(spec.inputs) - {"stats", "model_name", "is_drift", "rollout_in_progress", "run_name"} <= set(Settings.model_fields)
+    assert spec.inputs["feedback"].type == "system.Dataset@0.0.1" and spec.inputs["drift_metrics"].type == "system.Metrics@0.0.1"
+    wired = {"stats", "feedback", "drift_metrics", "model_name", "is_drift", "production_model_uri", "rollout_in_progress", "run_name"}
+    assert set(spec.inputs) - wired <= set(Settings.model_fields)
 
 
 @pytest.mark.slow
@@ -241,6 +278,10 @@ def test_check_command_decides_without_training(database_url: str, tmp_path: Pat
     result = runner.invoke(main, ["check", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output[result.output.index("{"):])
+    # No model serves: the default policy trains a first one on the 150 labelled rows.
+    assert data["decision"]["retrain"] is True and data["decision"]["fired"] == ["first_model"]
+    monkeypatch.setenv("RETRAIN_RULES", "user_feedback")
+    data = json.loads((out := runner.invoke(main, ["check", "--json"]).output)[out.index("{"):])
     assert data["decision"]["retrain"] is True and "user_feedback" in data["decision"]["fired"]
     assert data["stats"]["feedback_count"] == 150 and data["production_version"] == ""
     monkeypatch.setenv("RETRAIN_MIN_FEEDBACK", "1000")

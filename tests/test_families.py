@@ -122,7 +122,7 @@ def test_regressor_on_shuffled_labels_is_not_blessed(regression: dict[str, Path]
     worse = evaluate_core.evaluate(regression["bad"], regression["good"], regression["holdout"], gates, regression["holdout"])
     assert not worse.blessed and worse.relative_improvement < 0  # MSE: lower is better
     failed = {g.name for g in worse.gate_results if g.enforced and not g.passed}
-    assert failed == {"improvement", "no_regression"}, worse.reasons
+    assert {"improvement", "no_regression"} <= failed, worse.reasons  # significance may refuse it too
     better = evaluate_core.evaluate(regression["good"], regression["bad"], regression["holdout"], gates, regression["holdout"])
     assert better.blessed and better.relative_improvement > 0.5, better.reasons
 
@@ -185,6 +185,18 @@ def test_auto_infers_the_family_from_the_columns() -> None:
     assert families.infer(pd.DataFrame(columns=["id", "label", "pixels"])) == "image_classifier"
     assert families.infer(pd.DataFrame(columns=["id", "label", "user", "item"])) == "recommender"
     assert families.infer(pd.DataFrame(columns=["id", "label", "x"])) == "tabular_classifier"
+
+
+def test_families_come_from_one_registry() -> None:
+    assert families.BUILT_IN == ("image_classifier", "tabular_classifier", "tabular_regressor", "recommender")
+    assert families.get("tabular_regressor") is families.TabularRegressor
+    assert families.get("image") is families.ImageClassifier  # lineage written before families had names
+    with pytest.raises(ValueError, match="registered twice"):
+        families.register(families.Recommender)
+    # Old lineage (numeric columns listed as `feature_columns`) still reads its rows.
+    old_spec = {"classes": ["a", "b"], "feature_columns": ["x"]}
+    inputs = families.resolve("tabular_classifier").inputs(pd.DataFrame({"x": [1.0, 2.0]}), old_spec)
+    assert list(inputs) == ["features"] and inputs["features"].shape == (2, 1)
 
 
 # --- strategies -------------------------------------------------------------------------
@@ -256,7 +268,8 @@ def test_paired_bootstrap_brackets_the_true_difference() -> None:
 
 @pytest.mark.slow
 def test_latency_and_significance_gates_can_refuse(regression: dict[str, Path]) -> None:
-    slow = evaluate_core.Gates(max_latency_ratio=0.01)  # no model is 100 times faster than an equal one
+    # No model is 100 times faster than an equal one; the margin lets any difference in ms count.
+    slow = evaluate_core.Gates(max_latency_ratio=0.01, latency_margin_ms=-1000.0)
     verdict = evaluate_core.evaluate(regression["good"], regression["bad"], regression["holdout"], slow)
     latency = next(g for g in verdict.gate_results if g.name == "latency")
     assert not latency.passed and not verdict.blessed and "> 0.01x allowed" in latency.detail

@@ -143,19 +143,26 @@ def test_every_exclusion_reason_is_counted(conn, tmp_path: Path) -> None:
         "no_consent": 2,
         "future_timestamp": 2,  # one prediction, one feedback
         "confidence_out_of_range": 3,
-        "null_label": 3,  # null and blank answers, a "wrong" without a correction
-        "unknown_label": 2,  # a predicted hamster, a corrected parrot
+        "null_label": 2,  # null and blank answers
+        "unknown_label": 1,  # a predicted hamster
         "unknown_prediction": 2,
         "duplicate_feedback": 2,
     }
+    # A "wrong" without a usable correction is a negative answer; it only gives no training label.
+    assert stats.unlabelled == {"no_correction": 1, "unknown_correction": 1}
     table = pq.read_table(tmp_path / "feedback.parquet").to_pandas().set_index("id")
     assert sorted(table.index) == ["answered-thrice", "good-1", "good-2", "wrong-bad-fix", "wrong-no-fix"]
-    # The predictions whose answer is unusable stay, unlabelled, for drift.
+    # The predictions whose correction is unusable stay, unlabelled but answered "wrong".
     assert table.loc[["wrong-no-fix", "wrong-bad-fix"], "label"].isna().all()
+    assert not table.loc[["wrong-no-fix", "wrong-bad-fix"], "is_correct"].any()
+    assert table.loc[["wrong-no-fix", "wrong-bad-fix"], "corrected_label"].isna().all()
     assert table.loc["good-1", "is_correct"] and table.loc["answered-thrice", "label"] == "cat"
-    assert (stats.rows, stats.feedback_count, stats.negative_count, stats.keyword_hits) == (5, 3, 2, 1)
+    # Both count as negatives, in satisfaction and in keyword hits ("wrong" is a keyword).
+    assert (stats.rows, stats.feedback_count, stats.negative_count, stats.labelled_count, stats.keyword_hits) == (5, 5, 4, 3, 2)
+    assert stats.satisfaction_rate == pytest.approx(1 / 5) and stats.error_rate == pytest.approx(4 / 5)
     metrics = stats.metrics()
     assert metrics["excluded_confidence_out_of_range"] == 3.0 and all(isinstance(v, float) for v in metrics.values())
+    assert metrics["unlabelled_no_correction"] == 1.0 and "excluded_no_correction" not in metrics
 
 
 def test_without_known_labels_any_non_blank_label_is_accepted(conn, tmp_path: Path) -> None:
@@ -424,7 +431,8 @@ def test_secrets_never_reach_logs_artifacts_or_errors(postgres_server: str, data
         feedback, stats = dsl.Dataset(uri=str(out / "feedback")), dsl.Metrics(uri=str(out / "stats"))
         extract_feedback.python_func(feedback=feedback, stats=stats, model_name="m", days_back=7)
         decision = dsl.Markdown(uri=str(out / "decision.md"))
-        decide_retrain.python_func(stats=stats, decision=decision, model_name="m", is_drift=False, run_name="r")
+        decide_retrain.python_func(stats=stats, feedback=feedback, drift_metrics=dsl.Metrics(uri=str(out / "drift")),
+                                   decision=decision, model_name="m", is_drift=False, run_name="r")
         (out / "stats.json").write_text(json.dumps(stats.metadata))
         (out / "decision.json").write_text(json.dumps(decision.metadata))
         # A failure on the way (the stream's query fails on the server): the error carries neither secret.

@@ -23,6 +23,7 @@ from serving_helpers import FEATURES, ModelServerProcess, free_port, make_versio
 
 from feedback_loop.deploy import analysis, core
 from feedback_loop.deploy.targets.kserve import KServeTarget
+from feedback_loop.layout import COMPLETE_MARKER
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 NAME, NS = "cats-vs-dogs", "ml"
@@ -33,6 +34,13 @@ METRICS = {
     "error_rate": {
         "query": '(sum(rate(feedback_loop_requests_total{revision_name="{revision}",code="5xx"}[{window}])) or vector(0))'
         ' / sum(rate(feedback_loop_requests_total{revision_name="{revision}"}[{window}]))',
+        "max_increase": 0.01,
+    },
+    # The same rate with the requests behind it: judged by the always-valid non-inferiority test.
+    "error_share": {
+        "query": '(sum(rate(feedback_loop_requests_total{revision_name="{revision}",code="5xx"}[{window}])) or vector(0))'
+        ' / sum(rate(feedback_loop_requests_total{revision_name="{revision}"}[{window}]))',
+        "samples": 'sum(increase(feedback_loop_requests_total{revision_name="{revision}"}[{window}]))',
         "max_increase": 0.01,
     },
     "p95_latency_ms": {
@@ -124,6 +132,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     root = tmp_path_factory.mktemp("prom")
     stable_dir = make_version(root, "v1", seed=1)
     canary_dir = make_version(root, "v2", seed=2, fail_above=0.9)  # refuses about a third of the traffic
+    for folder in (stable_dir, canary_dir):  # `serve` serves only a complete version
+        (folder / COMPLETE_MARKER).touch()
     stable, canary = ModelServerProcess(stable_dir, NAME), ModelServerProcess(canary_dir, NAME)
     revisions = {f"{NAME}-predictor-00001": f"127.0.0.1:{stable.port}", f"{NAME}-predictor-00002": f"127.0.0.1:{canary.port}"}
     prometheus = PrometheusProcess(root, revisions)
@@ -182,6 +192,7 @@ def test_higher_error_rate_rolls_back_at_the_first_step(servers: dict[str, Any],
         assert checks["error_rate"].verdict == "unhealthy"
         assert checks["error_rate"].stable == pytest.approx(0.0) and checks["error_rate"].canary == pytest.approx(failed / len(rows), abs=0.1)
         assert "error_rate canary" in moved[0].reason
+        assert checks["error_share"].verdict == "unhealthy" and "always-valid interval" in checks["error_share"].detail
         controller.reconcile()
         assert controller.serving() == {f"file://{tmp_path}/store/{NAME}/v1/saved_model": 100}
         assert state.stable.version == "v1" and state.canary is None
@@ -194,7 +205,9 @@ def test_equal_revisions_are_healthy(servers: dict[str, Any]) -> None:
     send(servers["stable"].url, rows)
     scraped(servers["prometheus"].url, f'sum(increase(feedback_loop_requests_total{{revision_name="{NAME}-predictor-00001"}}[2m]))', enough=60)
     now = datetime.now(timezone.utc)
-    config = analysis.AnalysisConfig(NAME, NS, servers["prometheus"].url, METRICS, min_feedback_samples=0)
+    # Thresholds only: 80 requests are too few for the error share's test to show non-inferiority.
+    metrics = {k: v for k, v in METRICS.items() if "samples" not in v}
+    config = analysis.AnalysisConfig(NAME, NS, servers["prometheus"].url, metrics, min_feedback_samples=0)
     observation = analysis.Observation(True, f"{NAME}-predictor-00001", f"{NAME}-predictor-00001")
     verdict = analysis.analyse(
         "v1", "v1", now - timedelta(minutes=2), now, observation, config, metrics=analysis.Prometheus(config.prometheus_url)

@@ -10,28 +10,19 @@ from typing import Any
 
 import pytest
 
-from serving_helpers import free_port
+import gcs_emulator
 
 from feedback_loop import storage
 from feedback_loop.deploy.publish import publish, read_lineage
 from feedback_loop.layout import COMPLETE_MARKER
 
-BUCKET = "models"
+BUCKET = gcs_emulator.BUCKET
 
 
 @pytest.fixture
 def gcs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    server_module = pytest.importorskip("gcp_storage_emulator.server", reason="needs gcp-storage-emulator")
-    port = free_port()
-    server = server_module.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")  # the scheme is required
-    storage._gcs_client.cache_clear()
-    try:
+    with gcs_emulator.emulator(monkeypatch):
         yield storage._gcs_client()
-    finally:
-        storage._gcs_client.cache_clear()
-        server.stop()
 
 
 def version_dir(root: Path, version: str) -> Path:
@@ -118,3 +109,41 @@ def test_file_store_is_complete_or_absent(tmp_path: Path) -> None:
     assert (path / COMPLETE_MARKER).exists()
     assert (path / "saved_model" / "1" / "assets.extra" / "lineage.json").exists()
     assert [p.name for p in path.parent.iterdir()] == ["v1"]  # no staging directory left
+
+
+@pytest.fixture(params=["file", "gs"])
+def state_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "gs":
+        request.getfixturevalue("gcs")
+        return f"gs://{BUCKET}/m/rollout.json"
+    return f"file://{tmp_path / 'm' / 'rollout.json'}"
+
+
+def test_write_if_unchanged_is_a_compare_and_swap(state_uri: str) -> None:
+    data, absent = storage.read_versioned(state_uri)
+    assert data is None
+    first = storage.write_if_unchanged(state_uri, b"one", absent)
+    assert first is not None and storage.read_versioned(state_uri) == (b"one", first)
+    assert storage.write_if_unchanged(state_uri, b"two", absent) is None  # created meanwhile: refused
+    second = storage.write_if_unchanged(state_uri, b"two", first)
+    assert second is not None and second != first
+    assert storage.write_if_unchanged(state_uri, b"stale", first) is None  # written meanwhile: refused
+    assert storage.read_bytes(state_uri) == b"two"
+
+
+def test_the_saved_model_carries_its_own_marker_before_the_version_does(gcs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.cloud.storage import Blob
+
+    uploaded: list[str] = []
+    original = Blob.upload_from_filename
+
+    def watch(self: Blob, *args: Any, **kwargs: Any) -> Any:
+        uploaded.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Blob, "upload_from_filename", watch)
+    publish(version_dir(tmp_path, "v1"), f"gs://{BUCKET}/store", "m", "v1")
+    inner = uploaded.index(f"store/m/v1/saved_model/{COMPLETE_MARKER}")
+    assert all(not name.startswith("store/m/v1/saved_model/") for name in uploaded[inner + 1 :])  # after its files
+    local = publish(version_dir(tmp_path / "local", "v1"), str(tmp_path / "store"), "m", "v1")
+    assert (storage.local_path(local.uri) / "saved_model" / COMPLETE_MARKER).is_file()

@@ -228,8 +228,8 @@ def test_better_candidate_is_blessed(
     assert verdict.blessed, verdict.reasons
     assert "≥ 2 % required" in verdict.reasons[0]
     assert set(verdict.candidate) == {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"}
-    assert [g.name for g in verdict.gate_results] == ["improvement", "no_regression", "latency", "significance"]
-    assert verdict.latency_ms["candidate_p95"] > 0 and verdict.improvement_ci[0] < verdict.improvement_ci[1]
+    assert [g.name for g in verdict.gate_results] == ["improvement", "significance", "no_regression", "latency"]
+    assert verdict.latency_ms["candidate_ms"] > 0 and verdict.improvement_ci[0] < verdict.improvement_ci[1]
     assert verdict.classes == ["cat", "dog"] and verdict.holdout_rows == 300
     assert sum(map(sum, verdict.confusion_matrix)) == 300
     assert verdict.candidate["roc_auc"] > 0.8
@@ -343,6 +343,7 @@ def test_component_interfaces() -> None:
         "metrics": "system.Metrics@0.0.1",
         "confusion": "system.ClassificationMetrics@0.0.1",
         "verdict": "system.Markdown@0.0.1",
+        "guard": "system.Dataset@0.0.1",
         "Output": "Boolean",
     }
     assert all(spec.description for spec in [*train_spec.outputs.values(), *eval_spec.outputs.values()])
@@ -388,6 +389,7 @@ def test_wrappers_run_on_real_artifacts(
             "metrics": dsl.Metrics(uri=str(tmp_path / "eval_metrics")),
             "confusion": dsl.ClassificationMetrics(uri=str(tmp_path / "confusion")),
             "verdict": dsl.Markdown(uri=str(tmp_path / "verdict" / "verdict.md")),
+            "guard": dsl.Dataset(uri=str(tmp_path / "guard")),
         }
         result = evaluate_model.python_func(
             candidate=dsl.Model(uri=str(good_model.out_dir)),
@@ -404,7 +406,7 @@ def test_wrappers_run_on_real_artifacts(
     assert logged["blessed"] == 1.0 and "relative_improvement" in logged
     assert logged["test.candidate.accuracy"] == logged["candidate.accuracy"]  # the same rows here
     assert logged["relative_improvement.ci_low"] < logged["relative_improvement.ci_high"]
-    assert "latency_ms.production_p95" in logged
+    assert "latency.production_ms" in logged
     assert artifacts["confusion"].metadata["confusionMatrix"]["annotationSpecs"] == [
         {"displayName": "cat"},
         {"displayName": "dog"},

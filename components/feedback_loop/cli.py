@@ -125,8 +125,11 @@ def demo(ctx: click.Context, workdir: Path, fresh: bool, force: bool | None, dry
     if fresh:
         for part in ("postgres", "model-store", "inputs", "runs"):
             shutil.rmtree(workdir / part, ignore_errors=True)
+    import os
+
     settings = _settings(
-        ctx, deploy_target="local", model_store_uri=storage.normalize(str(workdir / "model-store")), force=force, dry_run=dry_run
+        ctx, deploy_target="local", model_store_uri=storage.normalize(str(workdir / "model-store")), force=force, dry_run=dry_run,
+        rules=None if os.environ.get("RETRAIN_RULES") else list(scenario.RULES),  # the demo's rules unless the environment names others
     )
     started = datetime.now(timezone.utc)
     with local.database(workdir / "postgres") as dsn:
@@ -143,8 +146,6 @@ def demo(ctx: click.Context, workdir: Path, fresh: bool, force: bool | None, dry
             )
         else:
             click.echo("already seeded: no new traffic since the last run")
-        import os
-
         os.environ["DATABASE_URL"] = dsn  # what the Secret does on a cluster
         os.environ.setdefault("FEEDBACK_HMAC_KEY", _local_hmac_key(workdir / "hmac-key"))
         run_dir = local.run_pipeline(workdir / "runs", pipeline_arguments(settings))
@@ -315,28 +316,37 @@ def schedule(ctx: click.Context, host, kfp_namespace, token, package, experiment
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.pass_context
 def serve(ctx: click.Context, model_dir: Path, name: str | None, host: str, port: int) -> None:
-    """Serve an exported version (v1 and v2 REST, /metrics) with KServe's ModelServer."""
+    """Serve a published version (v1 and v2 REST, /metrics) with KServe's ModelServer; one without its _COMPLETE marker is refused."""
+    from feedback_loop.serving.model import require_complete
     from feedback_loop.serving.server import serve as run_server
 
     settings = _settings(ctx)
+    require_complete(model_dir)
     run_server(model_dir, name or settings.model_name, host, port, settings.log_level)
 
 
 @main.command()
 @click.option("--reason", default="operator kill switch", show_default=True, help="Recorded with the roll-back.")
 @click.option("--target", "deploy_target", type=click.Choice(list(TARGETS)), default=None, help="Default: the deploy_target setting.")
+@click.option("--to", "to_version", default=None, help="Put this earlier, complete version back at 100 % (undoes a promotion).")
 @click.pass_context
-def rollback(ctx: click.Context, reason: str, deploy_target: str | None) -> None:
-    """Roll the canary in progress back now: the stable version serves 100 % again."""
+def rollback(ctx: click.Context, reason: str, deploy_target: str | None, to_version: str | None) -> None:
+    """Roll the canary in progress back now (the stable version serves 100 % again), or with --to, go back to a version."""
     from feedback_loop.deploy import core
     from feedback_loop.deploy.record import record_deployments
     from feedback_loop.deploy.targets import make_target
 
     settings = _settings(ctx, deploy_target=deploy_target)
     target = make_target(settings.deploy_target, settings.model_store_uri, settings.model_name, settings.namespace)
-    state, transition = core.abort_rollout(target, datetime.now(timezone.utc), reason)
-    record_deployments(_dsn(settings), settings.model_name, [transition], state)
-    click.echo(f"{settings.model_name} on {target}: {transition.action}: {transition.reason}")
+    now = datetime.now(timezone.utc)
+    if to_version is None:
+        state, transition = core.abort_rollout(target, now, reason)
+        transitions = [transition]
+    else:
+        state, transitions = core.restore_version(target, settings.model_store_uri, settings.model_name, to_version, now, reason)
+    record_deployments(_dsn(settings), settings.model_name, transitions, state)
+    for transition in transitions:
+        click.echo(f"{settings.model_name} on {target}: {transition.action}: {transition.reason}")
 
 
 @main.command()

@@ -1,7 +1,7 @@
 """The model store's layout: the names every stage reads and writes, defined once.
 
     <store>/<model>/<version>/
-        saved_model/1/                  the SavedModel TensorFlow Serving loads
+        saved_model/1/                  the SavedModel TensorFlow Serving loads (and saved_model/_COMPLETE)
         model.keras                     the Keras model (fine-tuning, evaluation, our predictor)
         lineage.json                    family, spec, classes, metrics, data hashes
         training_data.parquet           the rows it was trained on (the drift reference)

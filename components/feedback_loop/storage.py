@@ -3,11 +3,15 @@
 Writes never leave half an object behind: a file goes to a temporary name and is
 renamed; a directory is uploaded under a temporary prefix (`file://`) or completed with
 a marker object written last (`gs://`), and readers only trust a version whose marker
-exists.
+exists. A small object that several processes update (the local rollout state) has a
+compare-and-swap: `read_versioned` then `write_if_unchanged`, under an exclusive lock file
+(`file://`) or an object-generation precondition (`gs://`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -88,12 +92,69 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise
 
 
+def read_versioned(uri: str) -> tuple[bytes | None, str]:
+    """An object's bytes (None when absent) and a token that changes with every write of it."""
+    if uri.startswith("gs://"):
+        from google.api_core.exceptions import PreconditionFailed
+
+        bucket, key = _bucket_and_key(uri)
+        for _ in range(5):
+            blob = _gcs_client().bucket(bucket).get_blob(key)
+            if blob is None:
+                return None, "0"  # generation 0: "does not exist" in a precondition
+            generation = blob.generation  # read first: a download resets it from its response headers
+            try:  # pinned to that generation: GCS answers 412 if a write slipped in between
+                return blob.download_as_bytes(if_generation_match=generation), str(generation)
+            except PreconditionFailed:
+                continue
+        raise ConnectionError(f"{uri} changed on every read; try again")
+    path = local_path(uri)
+    data = path.read_bytes() if path.exists() else None
+    return data, _digest(data)
+
+
+def write_if_unchanged(uri: str, data: bytes, token: str) -> str | None:
+    """Writes `data` only if the object is still the one `read_versioned` returned with `token`.
+
+    Returns:
+        The new token, or None (nothing written) when another writer changed the object since.
+    """
+    if uri.startswith("gs://"):
+        from google.api_core.exceptions import PreconditionFailed
+
+        bucket, key = _bucket_and_key(uri)
+        blob = _gcs_client().bucket(bucket).blob(key)
+        try:
+            blob.upload_from_string(data, if_generation_match=int(token))
+        except PreconditionFailed:
+            return None
+        return str(blob.generation)
+    path = local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The lock covers compare and replace; readers need none, since the replace is atomic.
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if _digest(path.read_bytes() if path.exists() else None) != token:
+                return None
+            write_bytes(uri, data)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return _digest(data)
+
+
+def _digest(data: bytes | None) -> str:
+    return "" if data is None else hashlib.sha256(data).hexdigest()
+
+
 def upload_dir(source: Path, uri: str) -> str:
     """Copies a local directory to `uri` and marks it complete; returns `uri`."""
     if uri.startswith("gs://"):
         bucket_name, prefix = _bucket_and_key(uri)
         bucket = _gcs_client().bucket(bucket_name)
-        for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER)
+        inner_markers = sorted(p for p in source.rglob(COMPLETE_MARKER) if p.parent != source)
+        for file in [*files, *inner_markers]:  # a marker inside vouches for its directory: after its files
             bucket.blob(f"{prefix}/{file.relative_to(source).as_posix()}").upload_from_filename(str(file))
         bucket.blob(f"{prefix}/{COMPLETE_MARKER}").upload_from_string(b"")  # last: readers wait for it
         return uri

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from feedback_loop.decide import core
+from feedback_loop.decide import core, gather
 
 
 def policy_of(settings: Any) -> core.Policy:
@@ -47,10 +47,13 @@ def check(
         current = Path(scratch) / "feedback.parquet"
         stats = feedback.extract(dsn, window, current, options, pseudonymizer=Pseudonymizer(hmac_key))
         drifted = drift.run(current, production["reference_data_uri"], **drift.options_of(settings.model_dump()))
-    is_drift = bool(drifted.is_drift)
-    signals = core.Signals.from_metrics(
-        stats.metrics(), is_drift=is_drift, rollout_in_progress=production["rollout_in_progress"], force=settings.force
-    )
+        is_drift = bool(drifted.is_drift)
+        # The component's own gathering: the same figures, hence the same decision.
+        signals = gather.signals(
+            stats.metrics(), is_drift=is_drift, rollout_in_progress=production["rollout_in_progress"], force=settings.force,
+            drift=drifted.metrics(), feedback_path=current, production_model_uri=production["production_model_uri"],
+            model_name=settings.model_name, dsn=dsn,
+        )
     decision = core.decide(signals, policy_of(settings))
     return {
         "model_name": settings.model_name,
@@ -76,5 +79,8 @@ def render(result: dict[str, Any]) -> str:
     excluded = {k.removeprefix("excluded_"): int(v) for k, v in s.items() if k.startswith("excluded_") and v}
     if excluded:
         lines.append("excluded   " + ", ".join(f"{n} {reason}" for reason, n in excluded.items()))
+    unlabelled = {k.removeprefix("unlabelled_"): int(v) for k, v in s.items() if k.startswith("unlabelled_") and v}
+    if unlabelled:
+        lines.append("no label   " + ", ".join(f"{n} negative answers: {reason}" for reason, n in unlabelled.items()))
     lines += [f"  - {reason}" for reason in d["reasons"]]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from feedback_loop.decide import evidence as ev
 from feedback_loop.decide.rules import REGISTRY, Policy
 from feedback_loop.decide.signals import Signals
 from feedback_loop.settings import default_of
@@ -34,6 +35,7 @@ class Decision:
     retrain: bool
     rules: list[Rule] = field(default_factory=list)
     blocked_by: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)  # the payoff's figures (evidence.summary)
 
     @property
     def fired(self) -> list[Rule]:
@@ -54,6 +56,7 @@ class Decision:
             "fired": [r.name for r in self.fired],
             "blocked_by": self.blocked_by,
             "rules": [asdict(r) for r in self.rules],
+            "evidence": self.evidence,
         }
 
     def to_markdown(self) -> str:
@@ -65,10 +68,38 @@ class Decision:
             lines += ["Rules that fired:", ""] + [f"- **{r.name}**: {r.detail}" for r in self.fired] + [""]
         else:
             lines += ["No rule fired.", ""]
+        lines += _evidence_lines(self.evidence)
         lines += ["| rule | enabled | fired | figures |", "|---|---|---|---|"]
         for r in self.rules:
             lines.append(f"| {r.name} | {'yes' if r.enabled else 'no'} | {'yes' if r.fired else 'no'} | {_cell(r.detail)} |")
         return "\n".join(lines) + "\n"
+
+
+def _evidence_lines(e: dict[str, Any]) -> list[str]:
+    """The payoff: production's validated error vs its fresh error, interval, sizes and the test."""
+    if not e:
+        return []
+    lines = ["## Evidence for the payoff", ""]
+    if a := e.get("remembered_attempt"):
+        seen = f" on {a['error']:.4g} error over {a['rows']} answers" if a.get("error") is not None else ""
+        lines += [f"Remembered attempt: run {a['run_name'] or '?'} at {a['started_at']} trained and blessed nothing{seen}; "
+                  f"only answers after {a['evidence_through']} count as new evidence.", ""]
+    b = e.get("baseline")
+    if not b:
+        return lines + [f"No baseline: {e.get('reason') or 'unknown'}.", ""]
+    pct = b["metric"] == "error_rate"
+    fmt = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.4g}")
+    lines += ["| | " + ev.label(b["metric"]) + " | interval | rows |", "|---|---|---|---|",
+              f"| production, validated ({b['source']}) | {fmt(b['value'])} | | {b['rows']} |"]
+    for key, name in (("fresh", "fresh feedback (window)"), ("since_attempt", "fresh feedback since the attempt")):
+        if f := e.get(key):
+            lo, hi = f["interval"]
+            lines.append(f"| {name} | {fmt(f['value'])} | [{fmt(lo)}, {fmt(hi)}] ({f['level']:.0%}) | {f['rows']} |")
+    lines.append("")
+    if t := e.get("test"):
+        lines += [f"One-sided {t['name']} of H0 fresh ≤ {fmt(t['threshold'])} (validated + {t['margin']:.0%}) on {t['rows']} rows: "
+                  f"statistic {t['statistic']:.3g}, p = {t['p_value']:.3g} ({'<' if t['significant'] else '≥'} {t['alpha']:g}).", ""]
+    return lines
 
 
 def _cell(text: str) -> str:
@@ -85,10 +116,11 @@ def decide(signals: Signals, policy: Policy) -> Decision:
     # `force` is no rule: an operator's explicit request cannot be switched off by configuration.
     rules.append(Rule("force", signals.force, "forced by the operator" if signals.force else "not forced"))
     wants = any(r.fired for r in rules)
+    evidence = ev.summary(signals.evidence, policy.performance_margin, policy.performance_alpha) if signals.evidence else {}
     # A second rollout must not start while one is being analysed, even when forced.
     if wants and signals.rollout_in_progress:
-        return Decision(False, rules, "a canary rollout is in progress: it finishes (or rolls back) first")
-    return Decision(wants, rules)
+        return Decision(False, rules, "a canary rollout is in progress: it finishes (or rolls back) first", evidence)
+    return Decision(wants, rules, evidence=evidence)
 
 
 def record(dsn: str, model_name: str, run_name: str, signals: Signals, decision: Decision) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from feedback_loop.decide import evidence as ev
 from feedback_loop.decide.signals import Signals
 from feedback_loop.errors import SettingsError
 
@@ -42,6 +43,8 @@ class Policy:
     min_new_data_share: float
     max_model_age_days: float
     rules: tuple[str, ...]  # the enabled ones
+    performance_margin: float
+    performance_alpha: float
 
     @classmethod
     def of(cls, values: Mapping[str, Any]) -> "Policy":
@@ -57,6 +60,66 @@ class Policy:
 
 def _cmp(ok: bool, yes: str, no: str) -> str:
     return yes if ok else no
+
+
+@rule("performance")
+def performance(s: Signals, p: Policy) -> tuple[bool, str]:
+    """The default trigger: production's error on fresh feedback is worse than its validated error
+    by more than the margin, by a one-sided test (see decide/evidence.py). After an attempt that
+    blessed nothing, it judges only the answers given since, once there are as many as the attempt
+    had, or fires when they are significantly worse than what that attempt saw."""
+    e = s.evidence
+    if e is None or e.baseline is None:
+        return False, f"cannot judge: {e.reason if e else 'no evidence gathered (no feedback extract)'}"
+    b, metric = e.baseline, e.baseline.metric
+    base = f"validated {ev.label(metric)} {ev.describe(metric, b.sample, p.performance_alpha)} ({b.source})"
+    judged = e.judged
+    since = ""
+    if e.attempt:
+        since = f" since attempt {e.attempt.run_name or '?'} ({e.attempt.started_at}) blessed nothing"
+    n = judged.rows if judged else 0
+    # After a fruitless attempt, ask for at least as much new evidence as it had: the evidence
+    # doubles between attempts, so a concept the training data cannot yet teach costs a few
+    # trainings, not one a run.
+    needed = max(p.min_feedback, (e.fresh.rows if e.fresh else 0) - n) if e.attempt else p.min_feedback
+    if n < needed:
+        fired = False
+        detail = f"not enough fresh {'answers' if metric == 'error_rate' else 'corrected values'}{since}: {n} < {needed}; {base}"
+    else:
+        t = ev.worse_than(judged, b.sample, p.performance_margin, p.performance_alpha, metric)
+        fired = t.fired
+        detail = (
+            f"fresh {ev.label(metric)} {ev.describe(metric, judged, p.performance_alpha)}{since} vs {base}; "
+            f"H0 fresh ≤ {_fmt(metric, t.threshold)} (+{p.performance_margin:.0%}): one-sided {t.name} = {t.statistic:.2f}, "
+            f"p = {t.p_value:.3g} ({_cmp(t.fired, '<', '≥')} {p.performance_alpha:g})"
+        )
+    if judged is not None and e.attempt and e.attempt.sample and not fired and n >= ev.MIN_TEST_ROWS:
+        # New evidence of another kind: clearly worse than when the last attempt was made.
+        again = ev.worse_than(judged, e.attempt.sample, 0.0, p.performance_alpha, metric)
+        fired = again.fired
+        detail += (
+            f"; vs the attempt's {_fmt(metric, e.attempt.sample.mean)} on {e.attempt.sample.rows}: "
+            f"p = {again.p_value:.3g} ({_cmp(again.fired, '<', '≥')} {p.performance_alpha:g})"
+        )
+    return fired, detail
+
+
+def _fmt(metric: str, value: float) -> str:
+    return f"{value:.1%}" if metric == "error_rate" else f"{value:.4g}"
+
+
+@rule("first_model")
+def first_model(s: Signals, p: Policy) -> tuple[bool, str]:
+    """Bootstraps the loop: no model serves yet, and enough labelled rows to train one."""
+    if s.has_production:
+        return False, "a model serves"
+    fired = s.new_rows >= p.min_feedback
+    return fired, f"no model serves; {s.new_rows} labelled rows ({_cmp(fired, '≥', '<')} {p.min_feedback}){_since(s)}"
+
+
+def _since(s: Signals) -> str:
+    a = s.evidence.attempt if s.evidence else None
+    return f" since attempt {a.run_name or '?'} ({a.started_at}) blessed nothing" if a else ""
 
 
 @rule("user_feedback")
@@ -102,9 +165,9 @@ def keywords(s: Signals, p: Policy) -> tuple[bool, str]:
 @rule("new_data")
 def new_data(s: Signals, p: Policy) -> tuple[bool, str]:
     if s.new_rows < p.min_feedback:
-        return False, f"not enough new labelled rows: {s.new_rows} < {p.min_feedback}"
+        return False, f"not enough new labelled rows{_since(s)}: {s.new_rows} < {p.min_feedback}"
     fired = s.new_data_share >= p.min_new_data_share
-    return fired, f"{s.new_rows} new labelled rows, {s.new_data_share:.0%} of the training data ({_cmp(fired, '≥', '<')} {p.min_new_data_share:.0%})"
+    return fired, f"{s.new_rows} new labelled rows{_since(s)}, {s.new_data_share:.0%} of the training data ({_cmp(fired, '≥', '<')} {p.min_new_data_share:.0%})"
 
 
 @rule("input_drift")
@@ -120,4 +183,27 @@ def model_age(s: Signals, p: Policy) -> tuple[bool, str]:
     return fired, f"model trained {s.days_since_training:.1f} days ago ({_cmp(fired, '>', '≤')} {p.max_model_age_days:g})"
 
 
+@rule("prediction_drift")
+def prediction_drift(s: Signals, p: Policy) -> tuple[bool, str]:
+    """The model's outputs (predicted labels, confidences) moved from its validation predictions,
+    significantly and by more than the drift effect threshold."""
+    if not s.prediction_tested:
+        return False, "prediction drift not tested"
+    return s.prediction_drift, "predicted labels or confidences drifted" if s.prediction_drift else "no prediction drift"
+
+
+@rule("residual_drift")
+def residual_drift(s: Signals, p: Policy) -> tuple[bool, str]:
+    """The error rate on labelled rows is significantly above the validation error rate (drift stage's z-test)."""
+    if s.residual_p_value < 0:
+        return False, "residual drift not tested"
+    worse = s.residual_drift and s.residual_current_rate > s.residual_reference_rate  # a better model is no reason
+    return worse, (
+        f"error rate {s.residual_current_rate:.1%} now vs {s.residual_reference_rate:.1%} on the validation rows, "
+        f"p = {s.residual_p_value:.3g} ({'drift' if s.residual_drift else 'no drift'})"
+    )
+
+
 NAMES: tuple[str, ...] = tuple(REGISTRY)
+# The default policy: retrain when it pays, and train a first model when none serves.
+DEFAULT_RULES: tuple[str, ...] = ("performance", "first_model")

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 OLD_PERIOD_DAYS = (60, 30)  # the production model's training data: 60 to 30 days ago
 TRAFFIC_DAYS = 14  # then two weeks of traffic from the new camera
 FEEDBACK_SHARE = 0.8  # most users answer the thumbs up / down
+# The demo keeps the first users' absolute rules (the loop's default is the performance rule).
+RULES = ("user_feedback", "error_rate", "latency", "keywords", "new_data", "input_drift", "model_age")
 COMMENTS = {False: ["wrong animal", "blurry photo, wrong answer", "incorrect", ""], True: ["", "", "nice"]}
 
 

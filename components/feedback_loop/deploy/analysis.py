@@ -1,21 +1,29 @@
-"""Judges a canary step: is the new version ready, and is it worse than the stable one?
+"""Judges a canary step: is the new version ready, does it answer sanely, and is it not worse?
 
-Three kinds of evidence, each a `Check` with its own verdict:
+Four kinds of evidence, each a `Check` with its own verdict:
 
 - readiness: the target's view (for KServe, the canary revision is the latest ready one
   and carries its share of traffic). Not ready after `ready_timeout_minutes`: unhealthy.
+- guard (label-free, from the predictions table): the canary's predicted-label mix and
+  confidences (or predicted values) against stable's over the same time; a collapse or a
+  distance above its threshold is unhealthy at once, before any feedback (`evidence.guard`).
 - serving metrics: PromQL templates run once for the canary's revision and once for the
   stable one over the step's window (`{revision}`, `{version}`, `{namespace}`,
-  `{model_name}` and `{window}` are filled in). Lower is better; a metric fails when the
-  canary exceeds the stable value by more than `max_increase` and (when both are given)
-  by more than `max_ratio` times; `min` asks for that much of the metric (e.g. requests)
-  before the comparison counts as evidence.
-- feedback: satisfaction of the predictions each version served in the window, at least
-  `min_feedback_samples` answers each, and Fisher's exact test, one-sided: unhealthy when
-  the canary's satisfaction is lower at level `feedback_alpha`.
+  `{model_name}` and `{window}` are filled in). Lower is better. A metric with `samples`
+  (a query for the number of requests behind it) is a proportion and gets the same
+  always-valid non-inferiority test as the feedback, with `max_increase` as its margin;
+  otherwise it fails when the canary exceeds stable by more than `max_increase` and (when
+  both are given) by more than `max_ratio` times. `min` asks for that much of the metric
+  (e.g. requests) before the comparison counts as evidence.
+- feedback: satisfaction of the predictions each version served since the step began (at
+  least `min_feedback_samples` answers each). The always-valid interval of the difference
+  (`evidence.difference_interval`, level `feedback_alpha` over every look) decides:
+  entirely below 0, worse: unhealthy; entirely above -`margin`, non-inferior: healthy;
+  else inconclusive.
 
 Any unhealthy check rolls the canary back; otherwise any inconclusive one holds the step
-(the rollout gives up after `max_wait_hours` past the bake time); else healthy.
+(the rollout gives up after `max_wait_hours` past the bake time); else healthy. A step
+therefore advances only on positive evidence.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from feedback_loop.deploy import evidence
+from feedback_loop.deploy.evidence import GuardLimits
 from feedback_loop.errors import SettingsError
 
 HEALTHY, UNHEALTHY, INCONCLUSIVE = "healthy", "unhealthy", "inconclusive"
@@ -42,6 +52,8 @@ DEFAULT_METRICS: dict[str, dict[str, Any]] = {
         "query": f'(sum(rate(revision_request_count{{{_REVISION},response_code_class="5xx"}}[{{window}}])) or vector(0))'
         f" / sum(rate(revision_request_count{{{_REVISION}}}[{{window}}]))",
         "max_increase": 0.01,
+        # The requests behind the rate: the error rate is judged as a proportion (non-inferiority).
+        "samples": f"sum(increase(revision_request_count{{{_REVISION}}}[{{window}}]))",
     },
     "p95_latency_ms": {
         "query": f"histogram_quantile(0.95, sum by (le) (rate(revision_request_latencies_bucket{{{_REVISION}}}[{{window}}])))",
@@ -49,7 +61,7 @@ DEFAULT_METRICS: dict[str, dict[str, Any]] = {
         "max_ratio": 1.25,
     },
 }
-_SPEC_KEYS = {"query", "min", "max_increase", "max_ratio"}
+_SPEC_KEYS = {"query", "min", "max_increase", "max_ratio", "samples"}
 _PLACEHOLDERS = ("revision", "version", "namespace", "model_name", "window")
 
 
@@ -96,9 +108,25 @@ class AnalysisConfig:
     min_feedback_samples: int = 50
     feedback_alpha: float = 0.05
     ready_timeout_minutes: float = 30.0
+    margin: float = 0.02
+    guard: GuardLimits = field(default_factory=GuardLimits)
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> "AnalysisConfig":
+        """The analysis from settings, or advance_rollout's parameters of the same names."""
+        return cls(
+            values["model_name"], values["namespace"], values["prometheus_url"], values["canary_metrics"] or DEFAULT_METRICS,
+            values["min_feedback_samples"], values["feedback_alpha"], values["ready_timeout_minutes"], values["canary_margin"],
+            GuardLimits(
+                values["canary_guard_min_predictions"], values["canary_collapse_share"], values["canary_max_label_distance"],
+                values["canary_max_confidence_distance"], values["canary_max_value_distance"],
+            ),
+        )
 
     def __post_init__(self) -> None:
         validate_metrics(self.metrics)
+        if not 0 < self.margin < 1:
+            raise SettingsError(f"canary_margin must be between 0 and 1, got {self.margin}")
         if self.min_feedback_samples < 0:
             raise SettingsError(f"min_feedback_samples must be 0 (off) or more, got {self.min_feedback_samples}")
         if not 0 < self.feedback_alpha < 1:
@@ -114,13 +142,18 @@ def validate_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> None:
             raise SettingsError(f"canary_metrics[{name!r}] has unknown keys {sorted(unknown)}: use {sorted(_SPEC_KEYS)}")
         if not {"min", "max_increase", "max_ratio"} & set(spec):
             raise SettingsError(f"canary_metrics[{name!r}] needs at least one of min, max_increase, max_ratio")
+        if "samples" in spec and "max_increase" not in spec:
+            raise SettingsError(f"canary_metrics[{name!r}] has 'samples': it needs 'max_increase', the margin of its test")
 
 
 class MetricSource(Protocol):
     def query(self, promql: str, at: datetime) -> float | None: ...
 
 
+# version -> answered/positive counts (feedback.by_version.VersionFeedback) in [start, end).
 FeedbackSource = Callable[[Sequence[str], datetime, datetime], Mapping[str, Any]]
+# version -> what it answered in [start, end) (feedback.by_version.VersionPredictions).
+PredictionSource = Callable[[Sequence[str], datetime, datetime], Mapping[str, Any]]
 
 
 class AnalysisUnavailable(Exception):
@@ -183,10 +216,13 @@ def analyse(
     *,
     metrics: MetricSource | None = None,
     feedback: FeedbackSource | None = None,
+    predictions: PredictionSource | None = None,
 ) -> Analysis:
     """Judges the canary's current step from what is available; see the module docstring."""
     checks = [_readiness(observation, started, now, config)]
     if observation.ready is not False:
+        if predictions is not None and config.guard.min_predictions > 0:
+            checks.append(_guard_check(canary_version, stable_version, started, now, config, predictions))
         if metrics is not None:
             checks += _metric_checks(canary_version, stable_version, started, now, observation, config, metrics)
         if feedback is not None and config.min_feedback_samples > 0:
@@ -219,15 +255,21 @@ def _metric_checks(
     checks = []
     for name, spec in config.metrics.items():
         values: dict[str, float | None] = {}
+        samples: dict[str, float | None] = {}
         try:
             for side, (revision, version) in sides.items():
-                promql = fill(spec["query"], revision=revision, version=version, namespace=config.namespace,
-                              model_name=config.model_name, window=span)
-                values[side] = source.query(promql, now)
+                filled = {"revision": revision, "version": version, "namespace": config.namespace,
+                          "model_name": config.model_name, "window": span}
+                values[side] = source.query(fill(spec["query"], **filled), now)
+                if "samples" in spec:
+                    samples[side] = source.query(fill(spec["samples"], **filled), now)
         except AnalysisUnavailable as err:
             checks.append(Check(name, INCONCLUSIVE, f"{name}: {err}"))
             continue
-        checks.append(_compare(name, spec, values["canary"], values["stable"]))
+        if "samples" in spec:
+            checks.append(_compare_proportions(name, spec, values, samples, config.feedback_alpha))
+        else:
+            checks.append(_compare(name, spec, values["canary"], values["stable"]))
     return checks
 
 
@@ -248,11 +290,39 @@ def _compare(name: str, spec: Mapping[str, Any], canary: float | None, stable: f
     return Check(name, HEALTHY, f"{shown}: within limits", canary, stable)
 
 
+def _compare_proportions(
+    name: str, spec: Mapping[str, Any], values: Mapping[str, float | None], samples: Mapping[str, float | None], alpha: float
+) -> Check:
+    """A rate with its request counts: non-inferiority with `max_increase` as the margin (lower is better)."""
+    canary, stable = values["canary"], values["stable"]
+    n_c, n_s = samples["canary"] or 0.0, samples["stable"] or 0.0
+    shown = f"{name} canary {_num(canary)} of {n_c:.0f} vs stable {_num(stable)} of {n_s:.0f}"
+    if canary is None or stable is None or n_c < 1 or n_s < 1:
+        return Check(name, INCONCLUSIVE, f"{shown}: no data yet", canary, stable)
+    if not (0 <= canary <= 1 and 0 <= stable <= 1):
+        return Check(name, INCONCLUSIVE, f"{shown}: not a proportion, so 'samples' does not apply", canary, stable)
+    if "min" in spec and min(n_c, n_s) < float(spec["min"]):
+        return Check(name, INCONCLUSIVE, f"{shown}: below the {spec['min']:g} samples needed as evidence", canary, stable)
+    margin = float(spec["max_increase"])
+    interval = evidence.difference_interval(canary * n_c, n_c, stable * n_s, n_s, alpha)
+    verdict = evidence.non_inferiority(interval, margin, higher_is_better=False)
+    said = {UNHEALTHY: "worse", HEALTHY: "not worse than the margin", INCONCLUSIVE: "not enough evidence either way"}[verdict]
+    detail = f"{shown}: {said} ({interval.shown()}; margin +{100 * margin:g} pts)"
+    return Check(name, verdict, detail, canary, stable)
+
+
+def _guard_check(
+    canary_version: str, stable_version: str, started: datetime, now: datetime, config: AnalysisConfig,
+    source: PredictionSource,
+) -> Check:
+    summaries = source([canary_version, stable_version], started, now)
+    result = evidence.guard(summaries[canary_version], summaries[stable_version], config.guard)
+    return Check("guard", result.verdict, result.detail, result.canary, result.stable)
+
+
 def _feedback_check(
     canary_version: str, stable_version: str, started: datetime, now: datetime, config: AnalysisConfig, source: FeedbackSource
 ) -> Check:
-    from scipy.stats import fisher_exact
-
     counts = source([canary_version, stable_version], started, now)
     canary, stable = counts[canary_version], counts[stable_version]
     shown = (
@@ -264,12 +334,15 @@ def _feedback_check(
     need = config.min_feedback_samples
     if min(canary.answered, stable.answered) < need:
         return Check("feedback", INCONCLUSIVE, f"{shown}: fewer than {need} answers", rate_c, rate_s)
-    # One-sided: is the canary's share of positive answers lower than the stable one's?
-    table = [[canary.positive, canary.answered - canary.positive], [stable.positive, stable.answered - stable.positive]]
-    p_value = float(fisher_exact(table, alternative="less").pvalue)
-    if p_value < config.feedback_alpha:
-        return Check("feedback", UNHEALTHY, f"{shown}: worse (one-sided Fisher p={p_value:.3g} < {config.feedback_alpha:g})", rate_c, rate_s)
-    return Check("feedback", HEALTHY, f"{shown}: not worse (p={p_value:.3g})", rate_c, rate_s)
+    interval = evidence.difference_interval(canary.positive, canary.answered, stable.positive, stable.answered, config.feedback_alpha)
+    verdict = evidence.non_inferiority(interval, config.margin)
+    said = {
+        UNHEALTHY: "worse",
+        HEALTHY: "not worse than the margin (non-inferior)",
+        INCONCLUSIVE: "neither shown worse nor within the margin yet",
+    }[verdict]
+    detail = f"{shown}: {said} ({interval.shown()}; margin -{100 * config.margin:g} pts)"
+    return Check("feedback", verdict, detail, rate_c, rate_s)
 
 
 def _num(value: float | None) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from feedback_loop import storage
 from feedback_loop.deploy.rollout import Release
 from feedback_loop.errors import DeploymentError, ModelNotFound
-from feedback_loop.layout import EVIDENCE_DIR, EVIDENCE_FILES, LINEAGE_FILE, SAVED_MODEL_DIR
+from feedback_loop.layout import COMPLETE_MARKER, EVIDENCE_DIR, EVIDENCE_FILES, LINEAGE_FILE, SAVED_MODEL_DIR, TEST_DATA_FILE
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ def publish(
 
     `evidence` (file name in EVIDENCE_FILES -> Markdown) is published under `evidence/`. The
     lineage is also copied into each SavedModel's `assets.extra/` (which TF Serving ignores),
-    so a predictor given only the SavedModel directory (KServe's storageUri) knows its version.
+    so a predictor given only the SavedModel directory (KServe's storageUri) knows its version,
+    and `saved_model/` gets its own completion marker, so that directory alone proves it is
+    whole to the model server (TF Serving ignores a name that is not a number).
     """
     model_dir = Path(model_dir)
     if not (model_dir / SAVED_MODEL_DIR).is_dir():
@@ -58,6 +60,7 @@ def publish(
         for numbered in (p for p in (staged / SAVED_MODEL_DIR).iterdir() if p.is_dir() and lineage.is_file()):
             (numbered / "assets.extra").mkdir(exist_ok=True)
             shutil.copyfile(lineage, numbered / "assets.extra" / LINEAGE_FILE)
+        (staged / SAVED_MODEL_DIR / COMPLETE_MARKER).write_bytes(b"")
         for name, text in (evidence or {}).items():
             if name not in EVIDENCE_FILES:
                 raise ValueError(f"evidence file {name!r} is not one of {EVIDENCE_FILES}")
@@ -66,6 +69,32 @@ def publish(
         storage.upload_dir(staged, uri)
     log.info("published %s %s to %s", model_name, version, uri)
     return Release.at(version, uri)
+
+
+def with_guard(model_dir: Path, guard: Path, scratch: Path) -> Path:
+    """A copy of `model_dir` under `scratch` whose guard set is `guard`.
+
+    The evaluation may retire the guard set train_model copied (the concept moved); the
+    set the candidate was judged on is the one the next versions must be held to.
+    """
+    staged = Path(scratch) / Path(model_dir).name
+    shutil.copytree(model_dir, staged)
+    shutil.copyfile(guard, staged / TEST_DATA_FILE)
+    return staged
+
+
+def complete_release(store_uri: str, model_name: str, version: str) -> Release:
+    """A version already in the store, as a rollout serves it; refused unless its upload completed."""
+    if not _VERSION.match(version):
+        raise DeploymentError(f"version {version!r} must be letters, digits, '.', '_' or '-'")
+    uri = version_dir_uri(store_uri, model_name, version)
+    if storage.is_complete(uri):
+        return Release.at(version, uri)
+    model_uri = storage.join(storage.normalize(store_uri), model_name)
+    if version in storage.list_dirs(model_uri):
+        raise ModelNotFound(f"{uri} is incomplete (no {COMPLETE_MARKER}: an interrupted upload); it cannot serve")
+    known = ", ".join(v for v in storage.list_dirs(model_uri) if storage.is_complete(storage.join(model_uri, v))) or "none"
+    raise ModelNotFound(f"{version} is not in the model store at {model_uri} (complete versions: {known})")
 
 
 def read_lineage(version_uri: str) -> dict[str, Any]:

@@ -85,6 +85,8 @@ def write_record(
         if state.canary is not None:
             step = f"step {state.step_index + 1} of {len(state.steps)}"
             lines.append(f"- canary: `{state.canary.version}` at {share} % ({state.canary.uri}), {step}")
+            began = state.serving_since or state.step_started_at
+            lines.append(f"- step written {state.step_started_at or '-'}, serving since {began or '-'} (the bake counts from then)")
             due = bake_ends_at(state)
             lines.append(f"- next step due: {format_time(due) if due else 'now'}")
     lines += [

@@ -5,6 +5,13 @@
     canary ──advance, bake time elapsed──────► canary at the next step        "advanced"
     canary ──advance after the last step─────► the canary becomes stable      "promoted"
     canary ──advance(unhealthy) or rollback──► stable alone at 100 %          "rolled_back"
+    stable ──restore(an earlier version)─────► that version at 100 %          "rolled_back" + "deployed"
+
+A step's bake counts from when it began serving (`serving_since`, as the target observed
+it; until then from when it was written), and a run that comes within `bake_tolerance`
+(a share of the bake) of its end moves on: runs on a schedule start at fixed times while
+a step begins whenever the run that wrote it got there, so without the tolerance a 24 h
+step under a daily schedule would last two days.
 
 Transitions are pure functions of the state and an injected clock (`now`); nothing here
 reads or writes anything. A target (`deploy.targets`) keeps the state where the model is
@@ -69,7 +76,8 @@ class RolloutState:
     steps: list[int] = field(default_factory=lambda: list(DEFAULT_STEPS))
     bake_hours: list[float] = field(default_factory=lambda: list(DEFAULT_BAKE_HOURS))
     step_index: int = 0
-    step_started_at: str | None = None  # ISO 8601, UTC
+    step_started_at: str | None = None  # ISO 8601, UTC: when the step was written
+    serving_since: str | None = None  # when the target saw the step serve, if later; the bake counts from it
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self, indent: int | None = None) -> str:
@@ -85,8 +93,13 @@ class RolloutState:
             bake_hours=[float(h) for h in data["bake_hours"]],
             step_index=int(data.get("step_index", 0)),
             step_started_at=data.get("step_started_at"),
+            serving_since=data.get("serving_since"),
             history=list(data.get("history", [])),
         )
+
+
+class RolloutConflict(DeploymentError):
+    """The rollout state changed between a run's read and its write: re-read and decide again."""
 
 
 @dataclass(frozen=True)
@@ -135,10 +148,25 @@ def traffic(state: RolloutState) -> int:
 
 
 def bake_ends_at(state: RolloutState) -> datetime | None:
-    """When the current canary step has baked long enough to move on."""
-    if state.canary is None or state.step_started_at is None:
+    """When the current canary step has baked long enough to move on: its bake after it began serving."""
+    began = state.serving_since or state.step_started_at
+    if state.canary is None or began is None:
         return None
-    return parse_time(state.step_started_at) + timedelta(hours=state.bake_hours[state.step_index])
+    return parse_time(began) + timedelta(hours=state.bake_hours[state.step_index])
+
+
+def leeway(state: RolloutState, bake_tolerance: float) -> timedelta:
+    """How early a run may come and still count as past the current step's bake (and its deadlines)."""
+    if not 0 <= bake_tolerance < 1:
+        raise SettingsError(f"bake_tolerance must be at least 0 and below 1, got {bake_tolerance}")
+    hours = state.bake_hours[state.step_index] if state.canary is not None and state.step_index < len(state.bake_hours) else 0.0
+    return timedelta(hours=hours * bake_tolerance)
+
+
+def is_baked(state: RolloutState, now: datetime, bake_tolerance: float = 0.0) -> bool:
+    """Whether the current step's bake has ended, or ends within the tolerance after `now`."""
+    due = bake_ends_at(state)
+    return due is None or now >= due - leeway(state, bake_tolerance)
 
 
 # --- transitions (pure) ---------------------------------------------------------------
@@ -159,12 +187,18 @@ def start(state: RolloutState, release: Release, now: datetime) -> tuple[Rollout
         return _move(state, now, DEPLOYED, release.version, 100, reason, stable=release, **_NO_CANARY)
     percent = state.steps[0]
     reason = f"canary beside {state.stable.version}: {percent} % for {format_hours(state.bake_hours[0])}"
-    changes = {"canary": release, "step_index": 0, "step_started_at": format_time(now)}
+    changes = {"canary": release, "step_index": 0, "step_started_at": format_time(now), "serving_since": None}
     return _move(state, now, CANARY_STARTED, release.version, percent, reason, **changes)
 
 
 def advance(
-    state: RolloutState, now: datetime, verdict: str = HEALTHY, *, evidence: str = "", max_wait_hours: float | None = None
+    state: RolloutState,
+    now: datetime,
+    verdict: str = HEALTHY,
+    *,
+    evidence: str = "",
+    max_wait_hours: float | None = None,
+    bake_tolerance: float = 0.0,
 ) -> tuple[RolloutState, Transition]:
     """Moves a canary one step on, once its current step has baked, or rolls it back.
 
@@ -172,6 +206,7 @@ def advance(
     "inconclusive" holds the step, and past its bake time by more than `max_wait_hours`
     (None: no limit) rolls back, since a canary that cannot be judged is not promoted;
     "healthy" lets the schedule decide. `evidence` explains the verdict in the reason.
+    Both deadlines are met by a run up to `bake_tolerance` x the step's bake early.
     """
     if verdict not in (HEALTHY, UNHEALTHY, INCONCLUSIVE):
         raise ValueError(f"verdict must be healthy, unhealthy or inconclusive, got {verdict!r}")
@@ -181,28 +216,55 @@ def advance(
     because = f": {evidence}" if evidence else ""
     if verdict == UNHEALTHY:
         return rollback(state, now, f"canary judged unhealthy{because}")
-    current, due = traffic(state), bake_ends_at(state)
+    current, due, early = traffic(state), bake_ends_at(state), leeway(state, bake_tolerance)
     if verdict == INCONCLUSIVE:
-        if due is not None and max_wait_hours is not None and now >= due + timedelta(hours=max_wait_hours):
+        if due is not None and max_wait_hours is not None and now >= due + timedelta(hours=max_wait_hours) - early:
             return rollback(state, now, f"no verdict {format_hours(max_wait_hours)} after the bake time{because}")
         limit = f" (at most until {format_time(due + timedelta(hours=max_wait_hours))})" if due and max_wait_hours is not None else ""
         return state, _transition(now, WAITING, canary.version, current, f"holding {current} %: not enough evidence yet{limit}{because}")
-    if due is not None and now < due:
+    if due is not None and now < due - early:
         return state, _transition(now, WAITING, canary.version, current, f"{current} % until {format_time(due)}{because}")
     baked = f"healthy at {current} % for {format_hours(state.bake_hours[state.step_index])}{because}"
     following = state.step_index + 1
     if state.steps[following] >= 100:
         return _move(state, now, PROMOTED, canary.version, 100, baked, stable=canary, **_NO_CANARY)
-    changes = {"step_index": following, "step_started_at": format_time(now)}
+    changes = {"step_index": following, "step_started_at": format_time(now), "serving_since": None}
     return _move(state, now, ADVANCED, canary.version, state.steps[following], baked, **changes)
 
 
 def rollback(state: RolloutState, now: datetime, reason: str) -> tuple[RolloutState, Transition]:
     """Drops the canary; the stable version serves all traffic again (also the operator's kill switch)."""
     if state.canary is None or state.stable is None:
-        return state, _idle(state, now, "no rollout in progress: nothing to roll back")
+        last = state.history[-1] if state.history else None
+        since = f" (last move: {last['action']} {last['version']} at {last['at']})" if last else ""
+        return state, _idle(state, now, f"no rollout in progress: nothing to roll back{since}")
     reason = f"{reason}; {state.stable.version} serves 100 %"
     return _move(state, now, ROLLED_BACK, state.canary.version, 0, reason, **_NO_CANARY)
+
+
+def restore(state: RolloutState, release: Release, now: datetime, reason: str) -> tuple[RolloutState, list[Transition]]:
+    """Puts an earlier version back at 100 % (the undo of a promotion); a canary in progress is dropped first.
+
+    Recorded as "rolled_back" of the version that served (traffic 0) and "deployed" of
+    `release` (traffic 100), so the records read like any other roll-back and deployment,
+    and a target replaces the serving version outright rather than pinning a canary split.
+    """
+    moves: list[Transition] = []
+    if state.canary is not None:
+        state, aborted = rollback(state, now, reason)
+        moves.append(aborted)
+    current = state.stable
+    if current is not None and current.version == release.version:
+        if not moves:
+            moves.append(_transition(now, UNCHANGED, release.version, 100, f"{release.version} already serves 100 %"))
+        return state, moves
+    if current is not None:
+        state, demoted = _move(state, now, ROLLED_BACK, current.version, 0, f"{reason}; {release.version} serves 100 % again")
+        moves.append(demoted)
+    replaced = f" in place of {current.version}" if current is not None else ""
+    why = f"{reason}: {release.version} restored to 100 %{replaced}"
+    state, restored = _move(state, now, DEPLOYED, release.version, 100, why, stable=release, **_NO_CANARY)
+    return state, [*moves, restored]
 
 
 def nothing_deployed(now: datetime) -> Transition:
@@ -210,7 +272,7 @@ def nothing_deployed(now: datetime) -> Transition:
     return _transition(now, IDLE, "", 0, "nothing deployed yet")
 
 
-_NO_CANARY: dict[str, Any] = {"canary": None, "step_index": 0, "step_started_at": None}
+_NO_CANARY: dict[str, Any] = {"canary": None, "step_index": 0, "step_started_at": None, "serving_since": None}
 
 
 def _transition(now: datetime, action: str, version: str, share: int, reason: str) -> Transition:

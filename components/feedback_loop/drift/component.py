@@ -19,6 +19,7 @@ def detect_drift(
     drift_correction: str = "bonferroni",
     drift_engine: str = "alibi",
     drift_share_threshold: float = 0.0,
+    drift_effect_threshold: float = 0.10,
     drift_max_rows: int = 1_000_000,
     seed: int = 42,
     drift_feature_types: dict = {},  # noqa: B006 (KFP reads the default; the body never mutates it)
@@ -26,7 +27,8 @@ def detect_drift(
     """Tests each input feature of `current` against the production model's training data.
 
     Numeric features get the Kolmogorov-Smirnov test, categorical ones the chi-squared
-    test, corrected across features. Also reports data quality against the reference and
+    test, corrected across features; a feature drifts when it is significant and its effect
+    size (normalized Wasserstein, Jensen-Shannon distance) is above the threshold. Also reports data quality against the reference and
     prediction and residual drift against the production model's validation predictions
     (`reference_predictions.parquet` beside its training data). Not tested (no drift) when
     there is no production model yet (`reference_uri` is "") or `current` has fewer than
@@ -41,6 +43,8 @@ def detect_drift(
         drift_correction: "bonferroni" or "fdr" (Benjamini-Hochberg).
         drift_engine: "alibi" (alibi-detect) or "scipy"; the same tests and p-values.
         drift_share_threshold: Dataset drift when the share of drifted features is above this; 0: any.
+        drift_effect_threshold: A feature drifts only when its effect size is above this too: Wasserstein
+            distance / reference std (numbers), Jensen-Shannon distance (categories).
         drift_max_rows: Most rows tested per side; above it a seeded uniform sample (recorded in the report).
         seed: Seed of every random choice (drift's row sample, weights, shuffling, dropout, sampled negatives).
         drift_feature_types: Declared feature types, name -> "numeric", "categorical" or "ignore".
@@ -48,7 +52,7 @@ def detect_drift(
     Returns:
         report: Verdict, per-feature statistics and reference-vs-current charts, data quality, prediction drift.
         summary: Verdict, the most significant drifted features, prediction drift and quality issues.
-        metrics: Share and count of drifted features, p-value and statistic per feature, quality and prediction figures.
+        metrics: Share and count of drifted features, p-value, statistic and effect size per feature, quality and prediction figures.
         verdict_json: The whole result as JSON, for machines.
         Output: Whether the input data drifted (the dataset-level verdict).
     """

@@ -4,7 +4,10 @@ Each feature column common to both datasets is tested on its own: numeric featur
 the two-sample Kolmogorov-Smirnov test, categorical ones (strings, booleans, or columns
 declared so) with the chi-squared test on the category counts, the defaults of the
 `stattests` registry. The per-feature p-values are corrected for the number of features
-tested (Bonferroni or Benjamini-Hochberg), as alibi-detect does for a batch. The dataset
+tested (Bonferroni or Benjamini-Hochberg), as alibi-detect does for a batch. A feature
+drifts when its corrected p-value is significant AND its effect size is above
+`effect_threshold` (normalized Wasserstein for numbers, Jensen-Shannon distance for
+categories; 0.1 by default): with many rows every feature is "significant". The dataset
 has drifted when the share of drifted features is above `share_threshold` (0 by default:
 any drifted feature).
 
@@ -37,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from feedback_loop import dataset, storage
-from feedback_loop.drift.features import CORRECTIONS, compare_column, corrected_threshold, family, kind_of
+from feedback_loop.drift.features import CORRECTIONS, compare_column, corrected_threshold, family, kind_of, matters
 from feedback_loop.drift.predictions import PREDICTION_COLUMNS, detect_prediction_drift
 from feedback_loop.drift.quality import measure_quality
 from feedback_loop.drift.reading import read_sample, schema_and_rows
@@ -63,6 +66,7 @@ def detect(
     max_rows: int = DEFAULT_MAX_ROWS,
     seed: int = 0,
     feature_types: Mapping[str, str] | None = None,
+    effect_threshold: float = 0.1,
     reference_predictions: Path | str | None = None,
     model_version: str = "",
     min_labelled: int = 30,
@@ -82,6 +86,7 @@ def detect(
         feature_types: Declared types, name -> "numeric", "categorical" or "ignore";
             other features are typed from the reference (numbers numeric; strings and
             booleans categorical).
+        effect_threshold: Smallest effect size (a distance) of a drifted feature.
         reference_predictions: The production model's predictions on its validation rows
             (columns label, predicted_label, confidence), or None when there are none.
         model_version: The production version: prediction drift uses only the current
@@ -109,6 +114,7 @@ def detect(
     options = dict(
         n_reference=n_reference, n_current=n_current, p_value=p_value, correction=correction, engine=engine,
         share_threshold=share_threshold, max_rows=max_rows, seed=seed, feature_types=declared,
+        effect_threshold=effect_threshold,
     )
     if n_reference == 0:
         raise DataError(
@@ -130,6 +136,7 @@ def detect(
         predictions = detect_prediction_drift(
             served.table if served else pa.table({}), reference_predictions, engine=engine, p_value=p_value,
             correction=correction, max_rows=max_rows, seed=seed, model_version=model_version, min_labelled=min_labelled,
+            effect_threshold=effect_threshold,
         )
         result = not_tested(
             "neither dataset has a tabular feature column (raw image inputs are not tested for drift)",
@@ -196,6 +203,7 @@ def detect(
     predictions = detect_prediction_drift(
         cur_sample.table, reference_predictions, engine=engine, p_value=p_value, correction=correction,
         max_rows=max_rows, seed=seed, model_version=model_version, min_labelled=min_labelled,
+        effect_threshold=effect_threshold,
     )
     options["predictions"] = predictions
     for name, why in skipped.items():
@@ -211,7 +219,7 @@ def detect(
         return result
 
     threshold = corrected_threshold(np.array([f.p_value for f in raw]), p_value, correction)
-    features = [dataclasses.replace(f, drifted=f.p_value < threshold) for f in raw]
+    features = [dataclasses.replace(f, drifted=matters(f, threshold, effect_threshold)) for f in raw]
     share = sum(f.drifted for f in features) / len(features)
     result = DriftResult(
         features=features, is_drift=share > share_threshold, threshold=threshold, skipped=skipped, **options
@@ -227,6 +235,7 @@ SETTINGS = {
     "drift_correction": "correction",
     "drift_engine": "engine",
     "drift_share_threshold": "share_threshold",
+    "drift_effect_threshold": "effect_threshold",
     "drift_max_rows": "max_rows",
     "seed": "seed",
     "drift_feature_types": "feature_types",
@@ -250,6 +259,7 @@ def run(
     max_rows: int = DEFAULT_MAX_ROWS,
     seed: int = 0,
     feature_types: Mapping[str, str] | None = None,
+    effect_threshold: float = 0.1,
 ) -> DriftResult:
     """Tests `current` against the production model's training data at `reference_uri`.
 
@@ -261,7 +271,7 @@ def run(
     """
     options = dict(
         p_value=p_value, correction=correction, engine=engine, share_threshold=share_threshold,
-        max_rows=max_rows, seed=seed, feature_types=dict(feature_types or {}),
+        max_rows=max_rows, seed=seed, feature_types=dict(feature_types or {}), effect_threshold=effect_threshold,
     )
     if not reference_uri:
         result = not_tested("no production model yet", **options)

@@ -69,6 +69,8 @@ def compare_column(name: str, kind: Kind, ref: pa.ChunkedArray, cur: pa.ChunkedA
     tested, figures = (_numeric if kind == "numeric" else _categorical)(ref_values, cur_values)
     test = stattests.default_for(kind)
     statistic, p = test.run(*tested, engine)
+    distance = stattests.effect_for(kind)
+    effect = {"effect": distance.run(*tested, engine).statistic, "effect_test": distance.label} if distance else {}
     return FeatureDrift(
         name=name,
         kind=kind,
@@ -79,7 +81,13 @@ def compare_column(name: str, kind: Kind, ref: pa.ChunkedArray, cur: pa.ChunkedA
         n_reference=len(ref_values),
         n_current=len(cur_values),
         **figures,
+        **effect,
     )
+
+
+def matters(feature: FeatureDrift, threshold: float, effect_threshold: float) -> bool:
+    """Drifted: significant after the correction, and large (no effect measured: the p-value alone)."""
+    return feature.p_value < threshold and (not feature.effect_test or feature.effect > effect_threshold)
 
 
 def corrected_threshold(p_values: np.ndarray, alpha: float, correction: str) -> float:

@@ -3,7 +3,7 @@ predictions on its validation rows (`reference_predictions.parquet`, written bes
 training data).
 
 The predicted labels get the categorical test and the confidences the numeric one, as
-input features do; the error rate on the labelled current rows is compared with the
+input features do (significant and large: the same effect-size threshold); the error rate on the labelled current rows is compared with the
 validation error rate by a two-proportion z-test (residual drift). The tests here are
 corrected across themselves, apart from the input features.
 """
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats
 
-from feedback_loop.drift.features import compare_column, corrected_threshold
+from feedback_loop.drift.features import compare_column, corrected_threshold, matters
 from feedback_loop.drift.reading import read_sample, schema_and_rows
 from feedback_loop.drift.result import ErrorRate, FeatureDrift, Kind, PredictionDrift
 from feedback_loop.layout import REFERENCE_PREDICTIONS_FILE
@@ -37,6 +37,7 @@ def detect_prediction_drift(
     seed: int,
     model_version: str,
     min_labelled: int,
+    effect_threshold: float = 0.1,
 ) -> PredictionDrift:
     """The production model's outputs in `current` against `reference_predictions`, or why they are not compared."""
     if reference_predictions is None:
@@ -90,9 +91,10 @@ def detect_prediction_drift(
         return PredictionDrift(reason="no predictions to compare on one side", residual_reason=residual_reason)
     threshold = corrected_threshold(np.array(p_values), p_value, correction)
     return PredictionDrift(
-        tests=[dataclasses.replace(t, drifted=t.p_value < threshold) for t in tests],
+        tests=[dataclasses.replace(t, drifted=matters(t, threshold, effect_threshold)) for t in tests],
         residual=residual and dataclasses.replace(residual, drifted=residual.p_value < threshold),
         threshold=threshold,
+        effect_threshold=effect_threshold,
         n_reference=reference.num_rows,
         n_current=current.num_rows,
         model_version=served,

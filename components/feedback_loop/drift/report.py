@@ -23,7 +23,7 @@ def verdict(result: DriftResult) -> str:
     if not result.tested:
         return f"Drift not tested: {result.reason}"
     n, k = len(result.features), len(result.drifted)
-    bar = f"{result.correction} correction, per-feature p < {_p(result.threshold)}"
+    bar = f"{result.correction} correction, per-feature p < {_p(result.threshold)} and effect > {result.effect_threshold:g}"
     if result.share_threshold > 0:
         rule = f"share above {_pct(result.share_threshold)}"
         if result.is_drift:
@@ -42,7 +42,7 @@ def prediction_line(p: PredictionDrift) -> str:
         return f"Prediction drift not tested: {p.reason}"
     moved = [t.name for t in p.tests if t.drifted] + (["error rate"] if p.residual and p.residual.drifted else [])
     head = f"Prediction drift in {', '.join(moved)}" if moved else "No prediction drift"
-    parts = [f"{t.name} p={_p(t.p_value)}" for t in p.tests]
+    parts = [f"{t.name} p={_p(t.p_value)} effect={t.effect:.3g}" for t in p.tests]
     if p.residual:
         r = p.residual
         parts.append(f"error rate {_pct(r.reference_rate)} → {_pct(r.current_rate)} p={_p(r.p_value)}")
@@ -83,10 +83,10 @@ def write_markdown(result: DriftResult, path: Path | str, top: int = 10) -> Path
         lines += [f"{sample_line(result)}; engine {result.engine}, significance {result.p_value:g}.", ""]
     drifted = sorted(result.drifted, key=lambda f: f.p_value)
     if drifted:
-        lines += ["| feature | kind | test | statistic | p-value |", "|---|---|---|---|---|"]
+        lines += ["| feature | kind | test | statistic | p-value | effect size |", "|---|---|---|---|---|---|"]
         for f in drifted[:top]:
             name = f.name.replace("|", "\\|")
-            lines.append(f"| {name} | {f.kind} | {f.test} | {f.statistic:.4g} | {_p(f.p_value)} |")
+            lines.append(f"| {name} | {f.kind} | {f.test} | {f.statistic:.4g} | {_p(f.p_value)} | {f.effect_text} |")
         if len(drifted) > top:
             lines += ["", f"…and {len(drifted) - top} more drifted features in the HTML report."]
         lines.append("")
@@ -117,7 +117,7 @@ def write_html(result: DriftResult, path: Path | str) -> Path:
     if result.has_details:
         rule = f"engine {result.engine} · significance {result.p_value:g} · {result.correction} correction"
         if result.tested:
-            rule += f" → per-feature threshold {_p(result.threshold)}"
+            rule += f" → per-feature threshold {_p(result.threshold)} and effect size > {result.effect_threshold:g}"
         if result.share_threshold:
             rule += f" · dataset drift when more than {_pct(result.share_threshold)} of features drift"
         body.append(f'<p class="sub">{e(sample_line(result))}<br>{e(rule)}</p>')
@@ -132,12 +132,12 @@ def write_html(result: DriftResult, path: Path | str) -> Path:
             badge = '<span class="badge drift">drifted</span>' if f.drifted else '<span class="badge ok">no</span>'
             rows.append(
                 f'<tr{" class=drift" if f.drifted else ""}><td><a href="#f{i}">{e(f.name)}</a></td><td>{f.kind}</td>'
-                f'<td>{e(f.test)}</td><td class="num">{f.statistic:.4g}</td><td class="num">{e(_p(f.p_value))}</td>'
+                f'<td>{e(f.test)}</td><td class="num">{f.statistic:.4g}</td><td class="num">{e(_p(f.p_value))}</td><td class="num">{e(f.effect_text)}</td>'
                 f"<td>{_change(f)}</td><td>{badge}</td></tr>"
             )
         body.append(
             "<section><h2>Input features</h2><table><thead><tr><th>Feature</th><th>Kind</th><th>Test</th>"
-            '<th class="num">Statistic</th><th class="num">p-value</th><th>Reference → current</th><th>Drifted</th>'
+            '<th class="num">Statistic</th><th class="num">p-value</th><th class="num">Effect size</th><th>Reference → current</th><th>Drifted</th>'
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
         )
     if result.skipped:
@@ -234,14 +234,14 @@ def _predictions_section(p: PredictionDrift) -> str:
         badge = '<span class="badge drift">drifted</span>' if t.drifted else '<span class="badge ok">no</span>'
         rows.append(
             f"<tr><td>{e(t.name)}</td><td>{e(t.test)}</td><td class=num>{t.statistic:.4g}</td>"
-            f"<td class=num>{e(_p(t.p_value))}</td><td>{_change(t)}</td><td>{badge}</td></tr>"
+            f"<td class=num>{e(_p(t.p_value))}</td><td class=num>{e(t.effect_text)}</td><td>{_change(t)}</td><td>{badge}</td></tr>"
         )
     if p.residual:
         r = p.residual
         badge = '<span class="badge drift">drifted</span>' if r.drifted else '<span class="badge ok">no</span>'
         rows.append(
             f"<tr><td>error rate (label ≠ predicted_label)</td><td>two-proportion z</td><td class=num>{r.statistic:.4g}</td>"
-            f"<td class=num>{e(_p(r.p_value))}</td><td>{_pct(r.reference_rate)} of {r.reference_rows:,} → "
+            f"<td class=num>{e(_p(r.p_value))}</td><td class=num>–</td><td>{_pct(r.reference_rate)} of {r.reference_rows:,} → "
             f"{_pct(r.current_rate)} of {r.current_rows:,}</td><td>{badge}</td></tr>"
         )
     notes = [
@@ -257,7 +257,7 @@ def _predictions_section(p: PredictionDrift) -> str:
     charts = "".join(_card(f"p{i}", t) for i, t in enumerate(p.tests))
     return (
         f'<section><h2>Prediction drift</h2><p class="note">{" ".join(notes)}</p>'
-        "<table><thead><tr><th>Output</th><th>Test</th><th class=num>Statistic</th><th class=num>p-value</th>"
+        "<table><thead><tr><th>Output</th><th>Test</th><th class=num>Statistic</th><th class=num>p-value</th><th class=num>Effect size</th>"
         f"<th>Reference → current</th><th>Drifted</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
         f'<p class="legend" style="margin-top:12px">{_LEGEND_PREDICTIONS}</p><div class="grid">{charts}</div></section>'
     )
@@ -312,7 +312,7 @@ def _card(index: int | str, f: FeatureDrift) -> str:
     return (
         f'<article class="card{" drift" if f.drifted else ""}" id="f{index}">'
         f"<h3><span>{e(f.name)}</span>{badge}</h3>"
-        f'<p class="stats">{e(f.test)} statistic {f.statistic:.4g} · p-value {e(_p(f.p_value))}<br>{line}</p>'
+        f'<p class="stats">{e(f.test)} statistic {f.statistic:.4g} · p-value {e(_p(f.p_value))} · effect size {e(f.effect_text)}<br>{line}</p>'
         f"{chart}</article>"
     )
 

@@ -43,6 +43,12 @@ class FeatureDrift:
     histogram: Histogram
     unseen: list[str] = field(default_factory=list)  # categories absent from the reference, most frequent first
     n_unseen: int = 0
+    effect: float = 0.0  # effect size: normalized Wasserstein (numbers), Jensen-Shannon distance (categories)
+    effect_test: str = ""  # the distance test that measured it; "" when none did
+
+    @property
+    def effect_text(self) -> str:
+        return f"{self.effect:.3g} ({self.effect_test})" if self.effect_test else "–"
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,7 @@ class PredictionDrift:
     tests: list[FeatureDrift] = field(default_factory=list)  # predicted_label (chi²), confidence (KS)
     residual: ErrorRate | None = None
     threshold: float = 0.0  # per-test p-value bar, corrected across the tests here
+    effect_threshold: float = 0.1  # and the effect size an output's test must exceed
     n_reference: int = 0
     n_current: int = 0
     model_version: str = ""  # current rows restricted to this version, when the data says which
@@ -144,8 +151,13 @@ class PredictionDrift:
         return not self.reason
 
     @property
+    def outputs_drift(self) -> bool:
+        """Whether predicted labels or confidences drifted (residual drift aside)."""
+        return any(t.drifted for t in self.tests)
+
+    @property
     def is_drift(self) -> bool:
-        return any(t.drifted for t in self.tests) or bool(self.residual and self.residual.drifted)
+        return self.outputs_drift or bool(self.residual and self.residual.drifted)
 
 
 @dataclass(frozen=True)
@@ -157,7 +169,8 @@ class DriftResult:
     engine: str
     n_reference: int  # rows in the files
     n_current: int
-    threshold: float = 0.0  # per-feature p-value below which a feature counts as drifted
+    threshold: float = 0.0  # per-feature p-value below which a feature counts as drifted ...
+    effect_threshold: float = 0.1  # ... when its effect size is also above this
     skipped: dict[str, str] = field(default_factory=dict)  # feature -> why it was not tested
     reason: str = ""  # why nothing was tested; empty when the test ran
     share_threshold: float = 0.0  # dataset drift when the share of drifted features is above it
@@ -205,6 +218,7 @@ class DriftResult:
             "share_drifted": self.share_drifted,
             "share_threshold": self.share_threshold,
             "threshold": self.threshold,
+            "effect_threshold": self.effect_threshold,
             "n_reference": float(self.n_reference),
             "n_current": float(self.n_current),
             "sampled_reference": float(self.sampled_reference),
@@ -216,10 +230,12 @@ class DriftResult:
             "quality.type_changes": float(len(self.quality.type_changes)),
             "prediction.tested": float(p.tested),
             "prediction.is_drift": float(p.is_drift),
+            "prediction.outputs_drift": float(p.outputs_drift),
         }
         for feature in self.features:
             values[f"p_value.{feature.name}"] = feature.p_value
             values[f"statistic.{feature.name}"] = feature.statistic
+            values[f"effect.{feature.name}"] = feature.effect
         for column in self.quality.columns:
             values[f"quality.missing.{column.name}"] = column.current_missing
             if column.reference_min is not None:
@@ -227,6 +243,7 @@ class DriftResult:
         for test in p.tests:
             values[f"prediction.p_value.{test.name}"] = test.p_value
             values[f"prediction.statistic.{test.name}"] = test.statistic
+            values[f"prediction.effect.{test.name}"] = test.effect
         if p.residual:
             values["residual.error_rate.reference"] = p.residual.reference_rate
             values["residual.error_rate.current"] = p.residual.current_rate

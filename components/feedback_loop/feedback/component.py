@@ -26,7 +26,8 @@ def extract_feedback(
     Reads PostgreSQL through `DATABASE_URL` (a Kubernetes Secret); only consenting users'
     rows; user ids become an HMAC under `FEEDBACK_HMAC_KEY` (a Secret; without it they are
     left out); the corrected label becomes `label`. Rows the model was already trained on
-    (before `since`, an ISO timestamp) are left out; unusable rows are counted by reason.
+    (before `since`, an ISO timestamp) are left out; unusable rows are counted by reason. A
+    "wrong" without a correction is a negative answer like any other; it only gives no label.
 
     Args:
         model_name: Name of the served model (and of its InferenceService).
@@ -42,7 +43,8 @@ def extract_feedback(
         feedback: Parquet, one row per usable prediction, feature columns from the JSONB features.
         stats: Every statistic the retrain decision reads (feedback_count, negative_count,
             satisfaction_rate, recent_satisfaction_rate, error_rate, latency_ratio,
-            keyword_hits, new_data_share, days_since_training, ...) and excluded_<reason> counts.
+            keyword_hits, new_data_share, days_since_training, ...), excluded_<reason> counts and
+            unlabelled_<reason> counts (negative answers without a usable correction).
         rows: Usable predictions in the window.
         feedback_count: Predictions with usable user feedback.
         negative_count: Feedback saying the prediction was wrong.

@@ -17,9 +17,8 @@ import pyarrow.compute as pc
 DEFAULT_KEYWORDS = ("flou", "mauvais", "incorrect", "wrong", "blurry")
 
 # Why a row was left out. Prediction rows: no_consent, future_timestamp, confidence_out_of_range,
-# null_label, unknown_label. Feedback rows: unknown_prediction, duplicate_feedback (an older
-# answer the latest replaced), future_timestamp, null_label / unknown_label (a "wrong" without
-# a usable correction: the prediction stays, unlabelled).
+# null_label, unknown_label (of the prediction itself). Feedback rows: unknown_prediction,
+# duplicate_feedback (an older answer the latest replaced), future_timestamp.
 EXCLUSION_REASONS = (
     "no_consent",
     "future_timestamp",
@@ -29,6 +28,10 @@ EXCLUSION_REASONS = (
     "unknown_prediction",
     "duplicate_feedback",
 )
+# Answers that give no training label: a "wrong" without a correction, or with one outside the
+# known labels. They still count as negative answers (negatives, satisfaction, error rate,
+# keyword hits); a correction only adds a training label.
+UNLABELLED_REASONS = ("no_correction", "unknown_correction")
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,16 @@ class FeedbackStats:
     new_data_share: float = 0.0  # new_rows / training_rows (1.0 when nothing was trained on yet)
     days_since_training: float = -1.0  # -1 when no model was trained yet
     excluded: dict[str, int] = field(default_factory=dict)
+    unlabelled: dict[str, int] = field(default_factory=dict)  # negative answers without a training label, by reason
     window_start: str = ""
     window_end: str = ""
 
     def metrics(self) -> dict[str, float]:
-        """Every figure as a named float (KFP metrics), exclusions as `excluded_<reason>`."""
-        out = {k: float(v) for k, v in asdict(self).items() if not k.startswith("window_") and k != "excluded"}
+        """Every figure as a named float (KFP metrics), exclusions as `excluded_<reason>`,
+        negative answers without a training label as `unlabelled_<reason>`."""
+        out = {k: float(v) for k, v in asdict(self).items() if not k.startswith("window_") and k not in ("excluded", "unlabelled")}
         out.update({f"excluded_{reason}": float(self.excluded.get(reason, 0)) for reason in EXCLUSION_REASONS})
+        out.update({f"unlabelled_{reason}": float(self.unlabelled.get(reason, 0)) for reason in UNLABELLED_REASONS})
         return out
 
     @classmethod
@@ -83,8 +89,9 @@ class FeedbackStats:
             if name in metrics:
                 values[name] = int(metrics[name]) if kind == "int" else float(metrics[name])
         excluded = {r: int(metrics.get(f"excluded_{r}", 0)) for r in EXCLUSION_REASONS}
+        unlabelled = {r: int(metrics.get(f"unlabelled_{r}", 0)) for r in UNLABELLED_REASONS}
         return cls(**{"rows": 0, "feedback_count": 0, "negative_count": 0, "labelled_count": 0,
-                      "satisfaction_rate": 0.0, "mean_confidence": 0.0, **values, "excluded": excluded})
+                      "satisfaction_rate": 0.0, "mean_confidence": 0.0, **values, "excluded": excluded, "unlabelled": unlabelled})
 
 
 class Accumulator:
@@ -97,6 +104,7 @@ class Accumulator:
         self.options = options
         self.start, self.end, self.trained_through = start, end, trained_through
         self.excluded = {reason: 0 for reason in EXCLUSION_REASONS}
+        self.unlabelled = {reason: 0 for reason in UNLABELLED_REASONS}
         self.rows = self.feedback = self.negative = self.labelled = 0
         self.confidence_sum, self.confidence_n = 0.0, 0
         self.latency_sum, self.latency_n = 0.0, 0
@@ -116,7 +124,7 @@ class Accumulator:
             self.excluded[reason] += n
         kept = batch if excluded.null_count == len(excluded) else batch.filter(pc.is_null(excluded))
         for reason, n in _value_counts(kept.column("feedback_excluded")).items():
-            self.excluded[reason] += n
+            self.unlabelled[reason] += n
         answers = kept.column("answers")
         self.excluded["duplicate_feedback"] += int(pc.sum(pc.subtract(answers, 1)).as_py() or 0)
 
@@ -192,6 +200,7 @@ class Accumulator:
             new_data_share=share,
             days_since_training=round(age, 3),
             excluded=dict(self.excluded),
+            unlabelled=dict(self.unlabelled),
             window_start=self.start.isoformat(),
             window_end=self.end.isoformat(),
         )

@@ -197,6 +197,14 @@ def history(conn, model_name: str, limit: int = 20) -> list[dict[str, Any]]:
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
+def last_attempt(conn, model_name: str, after: datetime | None) -> dict[str, Any] | None:
+    """The newest retrain decision after `after` (None: ever): started_at, run_name, stats."""
+    with conn.cursor() as cur:
+        cur.execute(queries.text("last_attempt"), {"model_name": model_name, "after": after})
+        row = cur.fetchone()
+        return dict(zip([c.name for c in cur.description], row)) if row else None
+
+
 def purge(
     conn, retention_days: int, *, now: datetime | None = None, dry_run: bool = False, tables: Tables = Tables()
 ) -> dict[str, int]:

@@ -9,6 +9,11 @@ holdout row. Everything older trains, within the window (see `windows`).
 The original test set stays fixed: the production model's `test_data.parquet`, carried
 from version to version; the first time there is none, this run's holdout becomes it.
 No row id may be in training and in the holdout or the test set (the leak check).
+
+Labels are text in every file written here (`dataset.label_text`): a first training set
+with integer labels and feedback with text corrections make one label column, and a
+row without a usable label in the stored data is one clear error, not a pyarrow crash.
+Feedback without a correction (null or empty label) is simply not a training row.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from feedback_loop import storage
-from feedback_loop.dataset import CREATED_AT, ID, LABEL, PIXELS, SERVING_COLUMNS, write_parquet
+from feedback_loop.dataset import CREATED_AT, ID, LABEL, PIXELS, SERVING_COLUMNS, label_text, write_parquet
 from feedback_loop.errors import DataError, SettingsError
 from feedback_loop.prepare import windows
 
@@ -57,6 +62,7 @@ def load_pixels(uri: str) -> bytes:
 
 def labelled_feedback(feedback_path: Path, with_pixels: bool) -> pd.DataFrame:
     rows = pd.read_parquet(feedback_path)
+    rows[LABEL] = label_text(rows, f"feedback {Path(feedback_path).name}", missing_ok=True)
     rows = rows[rows[LABEL].notna()].copy()
     if with_pixels:
         missing = rows["input_uri"].isna()
@@ -84,7 +90,7 @@ def prepare(
     if split not in SPLITS:
         raise SettingsError(f"unknown split {split!r}: choose {', '.join(SPLITS)}")
     windows.check(window, window_days, 1.0)
-    old = pd.read_parquet(reference) if reference else pd.DataFrame()
+    old = read_labelled_rows(reference, "the production model's training data") if reference else pd.DataFrame()
     with_pixels = PIXELS in old.columns or (old.empty and _has_input_uris(feedback_path))
     new = labelled_feedback(feedback_path, with_pixels).sort_values([CREATED_AT, ID], kind="stable")
     if split == TIME_SERIES:
@@ -101,7 +107,7 @@ def prepare(
     holdout, recent_train = new.iloc[len(new) - n_holdout :], new.iloc[: len(new) - n_holdout]
     train = pd.concat([old, recent_train], ignore_index=True) if not old.empty else recent_train
     train = train.drop_duplicates(subset=[ID], keep="last")
-    test = pd.read_parquet(original_test) if original_test else holdout
+    test = read_labelled_rows(original_test, "the original test set") if original_test else holdout
     # Rows of the fixed test set never train, even when they came back as feedback.
     train = train[~train[ID].isin(set(test[ID]))]
     before = len(train)
@@ -125,6 +131,14 @@ def prepare(
         "carried from production" if original_test else "this run's holdout",
     )
     return split_info
+
+
+def read_labelled_rows(path: Path, what: str) -> pd.DataFrame:
+    """A stored dataset whose every row must carry a usable label, with the labels as text."""
+    rows = pd.read_parquet(path)
+    if LABEL in rows.columns and not rows.empty:
+        rows[LABEL] = label_text(rows, f"{what} ({Path(path).name})")
+    return rows
 
 
 def assert_time_ordered(train: pd.DataFrame, holdout: pd.DataFrame) -> None:

@@ -1,7 +1,8 @@
 """A KServe predictor for a version directory written by `train_model`.
 
     <version>/saved_model/<n>/   SavedModel; signature `serving_default`: {input_name: float32} -> {probabilities}
-    <version>/lineage.json       version, classes, input_name
+                                 (a tabular model with text features also takes `categories`: string [N, C])
+    <version>/lineage.json       version, classes, input_name, spec (numeric and categorical columns)
 
 One `SavedModelPredictor` serves both protocols of KServe's `ModelServer`:
 
@@ -14,6 +15,12 @@ Every answer names the version that produced it (also as the `x-model-version` h
 the calling application can store it with the prediction and the rollout analysis can
 compare the feedback of two versions. The signature is called directly, in the request's
 thread: for small models that is cheaper than a hop to a worker thread.
+
+A model with text (categorical) features takes raw values; the vocabulary is inside the
+model and an unseen value lands in its out-of-vocabulary bucket. Its v1 instances are
+objects keyed by column (`{"age": 41, "city": "Lyon"}`) or by input
+(`{"features": [41.0], "categories": ["Lyon"]}`); its v2 request sends the tensors
+`features` (FP32 [N, numeric columns]) and `categories` (BYTES [N, categorical columns]).
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from typing import Any
 import numpy as np
 
 from feedback_loop.errors import ModelNotFound
-from feedback_loop.layout import LINEAGE_FILE, SAVED_MODEL_DIR
+from feedback_loop.layout import COMPLETE_MARKER, LINEAGE_FILE, SAVED_MODEL_DIR
+
+FEATURES, CATEGORIES = "features", "categories"  # the tabular families' inputs (train.families.columns)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +85,24 @@ def read_lineage(model_dir: Path) -> dict[str, Any]:
     return lineage
 
 
+def require_complete(model_dir: Path | str) -> None:
+    """Refuses a directory whose publication did not complete: no `_COMPLETE` marker, no serving.
+
+    A version directory carries the marker; so does its `saved_model/` (what KServe mounts),
+    which, served in place from a local store, may also rely on its version's.
+    """
+    model_dir = Path(model_dir)
+    read_lineage(model_dir)  # a directory that is no version at all says so first
+    markers = [model_dir / COMPLETE_MARKER]
+    if model_dir.name == SAVED_MODEL_DIR:
+        markers.append(model_dir.parent / COMPLETE_MARKER)
+    if not any(marker.is_file() for marker in markers):
+        raise ModelNotFound(
+            f"{model_dir} has no {COMPLETE_MARKER} marker: an unpublished or half-uploaded version is never served; "
+            "serve a version from the model store (deploy_canary publishes it, marker last)"
+        )
+
+
 def saved_model_path(model_dir: Path) -> Path:
     """The highest numbered SavedModel under `<model_dir>/saved_model/` (TF Serving's rule)."""
     root = Path(model_dir) / SAVED_MODEL_DIR
@@ -85,6 +112,13 @@ def saved_model_path(model_dir: Path) -> Path:
     if not numbered:
         raise ModelNotFound(f"{root} holds no numbered SavedModel (e.g. {SAVED_MODEL_DIR}/1/)")
     return numbered[-1]
+
+
+def as_text(values: Any) -> np.ndarray:
+    """Raw categories as the model learnt them: text; a missing value is "" (the unknown bucket)."""
+    array = np.asarray(values, dtype=object)
+    flat = ["" if v is None else v.decode() if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+    return np.asarray(flat, dtype=object).reshape(array.shape)
 
 
 class SignatureRunner:
@@ -100,12 +134,60 @@ class SignatureRunner:
         loaded = tf.saved_model.load(str(saved_model_path(model_dir)))
         self._loaded = loaded  # keeps the variables alive
         self._fn = loaded.signatures[SIGNATURE]
-        spec = self._fn.structured_input_signature[1][self.input_name]
-        self.row_shape = [int(d) for d in spec.shape[1:]]
-        self._constant = tf.constant
+        specs = self._fn.structured_input_signature[1]
+        self.row_shape = [int(d) for d in specs[self.input_name].shape[1:]]
+        self.input_names = sorted(specs)
+        self.text_inputs = {name for name, s in specs.items() if s.dtype == tf.string}
+        model_spec = self.lineage.get("spec") or {}
+        numeric = model_spec.get("numeric_columns", model_spec.get("feature_columns") or self.lineage.get("feature_columns") or [])
+        # Which columns of a row fill which input, in the model's column order.
+        self.columns = {
+            FEATURES: [str(c) for c in numeric],
+            CATEGORIES: [str(c) for c in model_spec.get("categorical_columns") or []],
+        }
+        self._constant, self._string = tf.constant, tf.string
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self._fn(**{self.input_name: self._constant(x)})[OUTPUT].numpy()
+    @property
+    def takes_rows(self) -> bool:
+        """Whether requests must name their inputs (several inputs, or text ones)."""
+        return len(self.input_names) > 1 or bool(self.text_inputs)
+
+    def __call__(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        feeds = x if isinstance(x, dict) else {self.input_name: x}
+        tensors = {
+            name: self._constant(value, dtype=self._string) if name in self.text_inputs else self._constant(value)
+            for name, value in feeds.items()
+        }
+        return self._fn(**tensors)[OUTPUT].numpy()
+
+    def example(self) -> np.ndarray | dict[str, np.ndarray]:
+        """One neutral row (zeros, empty texts) to trace the signature before traffic."""
+        if not self.takes_rows:
+            return np.zeros([1, *self.row_shape], np.float32)
+        return self.from_instances([{name: [0.0] * len(self.columns.get(name, [])) for name in self.input_names}])
+
+    def from_instances(self, instances: list[Any]) -> dict[str, np.ndarray]:
+        """v1 instances of a model that names its inputs: objects keyed by column, or by input."""
+        if not instances or not all(isinstance(row, dict) for row in instances):
+            columns = ", ".join(c for name in self.input_names for c in self.columns.get(name, []))
+            raise ValueError(f"expected instances as objects keyed by column ({columns}) or by input ({', '.join(self.input_names)})")
+        by_input = set(instances[0]) <= set(self.input_names)
+        out = {}
+        for name in self.input_names:
+            if by_input:
+                if any(name not in row for row in instances):
+                    raise ValueError(f"each instance needs the key {name!r}")
+                values = [row[name] for row in instances]
+            else:
+                wanted = self.columns.get(name, [])
+                if missing := sorted({c for row in instances for c in wanted if c not in row}):
+                    raise ValueError(f"instances lack the columns {', '.join(missing)}")
+                values = [[row[c] for c in wanted] for row in instances]
+            try:
+                out[name] = as_text(values) if name in self.text_inputs else np.asarray(values, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise ValueError(f"input {name!r} must hold numbers, one list per row") from None
+        return out
 
     def as_batch(self, data: Any) -> np.ndarray:
         """Rows as the signature wants them: float32, reshaped when each row is flattened."""
@@ -130,7 +212,7 @@ if kserve is not None:
         def load(self) -> bool:
             self.runner = SignatureRunner(self.model_dir)
             self.version = self.runner.version
-            self.runner(np.zeros([1, *self.runner.row_shape], np.float32))  # trace once before traffic
+            self.runner(self.runner.example())  # trace once before traffic
             self.ready = True
             log.info("loaded %s version %s from %s", self.name, self.version, self.model_dir)
             return self.ready
@@ -152,14 +234,18 @@ if kserve is not None:
             assert self.runner is not None, "load() first"
             v2 = isinstance(payload, InferRequest)
             try:
-                x = self.runner.as_batch(self._v2_input(payload) if v2 else self._v1_instances(payload))
+                if self.runner.takes_rows:
+                    x: Any = self._v2_inputs(payload) if v2 else self.runner.from_instances(self._v1_rows(payload))
+                else:
+                    x = self.runner.as_batch(self._v2_input(payload) if v2 else self._v1_instances(payload))
+                rows = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
             except ValueError as err:
                 raise InvalidInput(str(err)) from None
             try:
                 probabilities = self.runner(x)
             except Exception as err:  # a model that cannot answer this input: a server error, counted as such
                 raise InferenceError(f"model {self.name} version {self.version} failed: {type(err).__name__}") from None
-            ROWS.labels(self.name, self.version).inc(len(x))
+            ROWS.labels(self.name, self.version).inc(rows)
             labels = [self.runner.classes[i] for i in probabilities.argmax(axis=1)]
             if response_headers is not None:
                 response_headers[VERSION_HEADER] = self.version
@@ -185,6 +271,20 @@ if kserve is not None:
                 except KeyError:
                     raise ValueError(f"each instance needs the key {self.runner.input_name!r}") from None
             return instances
+
+        def _v1_rows(self, payload: Any) -> list[Any]:
+            if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+                raise ValueError('expected a JSON body {"instances": [...]}')
+            return payload["instances"]
+
+        def _v2_inputs(self, payload: InferRequest) -> dict[str, np.ndarray]:
+            out = {}
+            for name in self.runner.input_names:
+                tensor = payload.get_input_by_name(name)
+                if tensor is None:
+                    raise ValueError(f"expected the input tensors {', '.join(self.runner.input_names)}")
+                out[name] = tensor.as_numpy() if name not in self.runner.text_inputs else as_text(tensor.as_numpy())
+            return out
 
         def _v2_input(self, payload: InferRequest) -> np.ndarray:
             tensor = payload.get_input_by_name(self.runner.input_name) or (payload.inputs[0] if len(payload.inputs) == 1 else None)

@@ -1,5 +1,8 @@
 """Trains the served model on a Parquet dataset and exports it for KServe.
 
+Modules: `data` (rows and batches), `families` (one file per model family), `quality`
+(reference answers, validated metric, importance), `model_io` (export and load).
+
 The family (see `families`) is chosen by name, or inferred from the columns (`auto`):
 images, user-item interactions, else a tabular classifier. Preprocessing lives inside the
 model, so a client sends raw values and serving cannot drift from training.
@@ -15,9 +18,12 @@ replica count; mixed precision (float16 on GPU, bfloat16 on CPU) and XLA are opt
 One directory per version:
     model.keras                   the Keras model (evaluation and the custom predictor load it)
     saved_model/1/                TF-Serving SavedModel, signature `serving_default`:
-                                  {pixels | features | user, item} -> {probabilities | value | scores}
-    lineage.json                  family, spec, data hash, code and image, dependency versions,
-                                  parameters, strategy, devices, parent, feature importance
+                                  {pixels | features, categories | user, item}
+                                  -> {probabilities | value | scores}
+    lineage.json                  family, spec (classes, feature and categorical columns,
+                                  vocabulary sizes), data hash, code and image, dependency
+                                  versions, parameters, strategy, devices, parent, feature
+                                  importance, and `validation`: the validated metric (see `quality`)
     training_data.parquet         the rows trained on: the next run's drift reference
     reference_predictions.parquet id, label, predicted_label, confidence on the validation rows:
                                   the reference for prediction drift
@@ -26,9 +32,7 @@ One directory per version:
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,16 +40,15 @@ from typing import Any
 
 import keras
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 import tensorflow as tf
 
-from feedback_loop.dataset import CREATED_AT, ID, LABEL, write_parquet
-from feedback_loop.errors import DataError, ModelNotFound, SettingsError
-from feedback_loop.layout import LINEAGE_FILE, MODEL_FILE, REFERENCE_PREDICTIONS_FILE, SAVED_MODEL_DIR, SERVING_VERSION, TEST_DATA_FILE, TRAINING_DATA_FILE
+from feedback_loop.dataset import CREATED_AT, write_parquet
+from feedback_loop.errors import SettingsError
+from feedback_loop.layout import MODEL_FILE, REFERENCE_PREDICTIONS_FILE
 from feedback_loop.lineage import code_lineage, data_hash
 from feedback_loop.prepare.windows import decay_weights
 from feedback_loop.train import families
+from feedback_loop.train.data import as_dataset, new_rows_fraction, read_labelled, split_recent, trained_through
 from feedback_loop.train.families import (  # noqa: F401 (re-exported: the stage's public face)
     CLASSIFICATION,
     IMAGE_BYTES,
@@ -57,14 +60,28 @@ from feedback_loop.train.families import (  # noqa: F401 (re-exported: the stage
     numeric_features,
     tabular_array,
 )
+from feedback_loop.train.model_io import (  # noqa: F401 (re-exported)
+    LoadedModel,
+    export,
+    export_saved_model,
+    load_model,
+    predict,
+    predict_proba,
+)
+from feedback_loop.train.quality import permutation_importance, reference_predictions
+
+__all__ = [
+    "AUTO", "CLASSIFICATION", "FINE_TUNE", "RANKING", "REGRESSION", "SCRATCH", "STRATEGIES", "LoadedModel",
+    "TrainParams", "TrainResult", "as_dataset", "choose_strategy", "encode_labels", "export", "export_saved_model",
+    "image_array", "load_model", "new_version", "numeric_features", "predict", "predict_proba", "read_labelled",
+    "split_recent", "tabular_array", "train",
+]
 
 log = logging.getLogger(__name__)
 
 SCRATCH, FINE_TUNE, AUTO = "scratch", "fine_tune", "auto"
 STRATEGIES = (SCRATCH, FINE_TUNE, AUTO)
-_PREDICT_BATCH = 512
-_IMPORTANCE_ROWS = 2000
-_IMPORTANCE_REPEATS = 3
+_REFERENCE_ROWS = 2000  # without validation rows, the newest fit rows stand in (reference, importance)
 
 
 @dataclass(frozen=True)
@@ -97,103 +114,6 @@ class TrainResult:
     @property
     def strategy(self) -> str:
         return str(self.lineage.get("strategy"))
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    keras_model: keras.Model
-    lineage: dict[str, Any]
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.lineage.get("classes") or [])
-
-    @property
-    def family(self) -> str:
-        return str(self.lineage["family"])
-
-    @property
-    def version(self) -> str | None:
-        return self.lineage.get("version")
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return families.spec_from_lineage(self.lineage)
-
-    @property
-    def family_impl(self) -> families.Family:
-        return families.from_lineage(self.lineage)
-
-    @property
-    def task(self) -> str:
-        return self.family_impl.task
-
-
-# --- data -------------------------------------------------------------------------------
-
-
-def read_labelled(path: Path) -> pd.DataFrame:
-    """The rows of `path` that carry a label, as a DataFrame; DataError when none can train."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"dataset {path} not found: pass the Parquet file written by prepare_dataset")
-    frame = pd.read_parquet(path)
-    if frame.empty:
-        raise DataError(f"dataset {path} has no rows: widen the data window or lower its filters")
-    for column in (LABEL, CREATED_AT):
-        if column not in frame.columns:
-            raise DataError(f"dataset {path} has no '{column}' column (columns: {', '.join(frame.columns)})")
-    labelled = frame[frame[LABEL].notna()].copy()
-    if labelled.empty:
-        raise DataError(f"dataset {path} has {len(frame)} rows but none with a label")
-    if len(labelled) < len(frame):
-        log.info("dropped %d of %d rows without a label", len(frame) - len(labelled), len(frame))
-    labelled[LABEL] = labelled[LABEL].astype(str)
-    return labelled
-
-
-def split_recent(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """(fit rows, validation rows): validation is the most recent `fraction` by created_at.
-
-    Validating on the newest rows asks the question that matters: does the model hold
-    up on the data it is about to serve?
-    """
-    ordered = frame.sort_values(CREATED_AT, kind="stable")
-    n_val = int(round(len(ordered) * fraction))
-    if n_val < 1 or n_val >= len(ordered):
-        return ordered, None
-    return ordered.iloc[:-n_val], ordered.iloc[-n_val:]
-
-
-def as_dataset(
-    inputs: dict[str, np.ndarray],
-    targets: np.ndarray,
-    batch: int,
-    seed: int | None,
-    weights: np.ndarray | None = None,
-) -> tf.data.Dataset:
-    """Batches for `fit`: decoded once into tensors, shuffled by index, gathered per batch, prefetched.
-
-    The decoded columns stay in memory as whole tensors (the cache); each step gathers one
-    batch with a vectorised `tf.gather` instead of shuffling and batching row by row.
-    """
-    columns: dict[str, Any] = {"x": {k: tf.constant(v) for k, v in inputs.items()}, "y": tf.constant(targets)}
-    if weights is not None:
-        columns["w"] = tf.constant(weights)
-    tensors = tf.data.Dataset.from_tensors(columns).cache()
-    n = len(targets)
-    order = tf.data.Dataset.range(n)
-    if seed is not None:
-        order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    order = order.batch(batch)
-
-    def gather(index: tf.Tensor, data: dict[str, Any]) -> tuple:
-        picked = tf.nest.map_structure(lambda t: tf.gather(t, index), data)
-        x = picked["x"] if len(picked["x"]) > 1 else next(iter(picked["x"].values()))
-        return (x, picked["y"], picked["w"]) if "w" in picked else (x, picked["y"])
-
-    data = tf.data.Dataset.zip(order, tensors.repeat())
-    return data.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 # --- devices and strategy ---------------------------------------------------------------
@@ -246,15 +166,6 @@ def choose_strategy(
     shown = "unknown" if drift_share is None else f"{drift_share:.0%}"
     new = "unknown" if new_fraction is None else f"{new_fraction:.0%}"
     return FINE_TUNE, f"fine-tuning production {parent.version}: drift share {shown}, new rows {new}"
-
-
-def new_rows_fraction(frame: pd.DataFrame, parent: LoadedModel | None) -> float | None:
-    """Share of rows newer than the production model's training data."""
-    through = parent.lineage.get("trained_through") if parent else None
-    if not through:
-        return None
-    times = pd.to_datetime(frame[CREATED_AT], utc=True)
-    return float((times > pd.Timestamp(through)).mean())
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -311,7 +222,7 @@ def train(
         parent=parent,
         incompatible=incompatible,
         drift_share=drift_share,
-        new_fraction=new_rows_fraction(frame, parent),
+        new_fraction=new_rows_fraction(frame, parent.lineage.get("trained_through") if parent else None),
     )
     spec = parent_spec if strategy_name == FINE_TUNE else family.describe(frame)
     fit_rows, val_rows = split_recent(frame, params.validation_fraction)
@@ -339,7 +250,7 @@ def train(
         keras.mixed_precision.set_global_policy(policy)
         with strategy.scope():
             if strategy_name == FINE_TUNE:
-                model = keras.models.load_model(Path(parent_dir) / MODEL_FILE)
+                model = keras.models.load_model(Path(parent_dir) / MODEL_FILE)  # its vocabularies come along
                 learning_rate *= params.fine_tune_learning_rate_factor
             else:
                 model = family.build(spec, fit.inputs)
@@ -373,7 +284,10 @@ def train(
     kept = {name: float(values[best]) for name, values in history.history.items() if name != "learning_rate"}
 
     version = version or new_version()
-    reference_rows = val_rows if val_rows is not None else fit_rows.iloc[-_IMPORTANCE_ROWS:]
+    reference_rows = val_rows if val_rows is not None else fit_rows.iloc[-_REFERENCE_ROWS:]
+    # The validated metric is the error on exactly the rows of reference_predictions.parquet.
+    reference, validation_metric = reference_predictions(model, family, spec, reference_rows)
+    names = [t.name for t in model.inputs]
     lineage = {
         "model_name": model_name,
         "version": version,
@@ -382,10 +296,11 @@ def train(
         "spec": spec,
         "classes": list(spec.get("classes") or []),
         "feature_columns": list(spec.get("feature_columns") or []),
-        "inputs": [t.name for t in model.inputs],
-        "input_name": model.inputs[0].name,
+        "inputs": names,
+        # The numeric input stays the primary one: clients of numeric-only models see no change.
+        "input_name": families.columns.FEATURES if families.columns.FEATURES in names else names[0],
         "output_name": family.output_name,
-        "trained_through": pd.to_datetime(frame[CREATED_AT], utc=True).max().isoformat(),
+        "trained_through": trained_through(frame).isoformat(),
         "rows": len(frame),
         "data_hash": data_hash(train_path),
         "params": asdict(params),
@@ -401,124 +316,12 @@ def train(
         "created_at": datetime.now(UTC).isoformat(),
         "parent_version": parent_version or (parent.version if parent else None),
         "feature_importance": permutation_importance(model, family, spec, reference_rows, params.seed),
+        "validation": {**validation_metric, "held_out": val_rows is not None},
     }
     export(model, out_dir, lineage, train_path, test_path)
-    write_parquet(reference_predictions(model, family, spec, reference_rows), out_dir / REFERENCE_PREDICTIONS_FILE)
+    write_parquet(reference, out_dir / REFERENCE_PREDICTIONS_FILE)
     shown = " ".join(f"{name}={value:.4g}" for name, value in sorted(kept.items()))
     log.info("exported %s %s to %s (kept epoch %d of %d: %s)", model_name, version, out_dir, best + 1, epochs_run, shown)
     return TrainResult(version, out_dir, kept, epochs_run, best + 1, lineage)
 
 
-def reference_predictions(
-    model: keras.Model, family: families.Family, spec: dict[str, Any], rows: pd.DataFrame
-) -> pd.DataFrame:
-    """id, label, predicted_label, confidence: the model's answers on rows it did not fit."""
-    out = family.predict(model, rows, spec, batch=_PREDICT_BATCH)
-    if family.task == CLASSIFICATION:
-        predicted = np.asarray(spec["classes"], dtype=object)[out.argmax(axis=1)]
-        confidence = out.max(axis=1)
-    elif family.task == RANKING:
-        predicted, confidence = np.where(out >= 0.5, "1", "0"), out
-    else:  # a value has no confidence
-        predicted, confidence = np.array([f"{v:.6g}" for v in out], dtype=object), np.full(len(out), np.nan)
-    return pd.DataFrame(
-        {
-            ID: rows[ID].astype(str).to_numpy() if ID in rows.columns else np.arange(len(rows)).astype(str),
-            LABEL: rows[LABEL].astype(str).to_numpy(),
-            "predicted_label": predicted.astype(str),
-            "confidence": confidence.astype(np.float64),
-        }
-    )
-
-
-def permutation_importance(
-    model: keras.Model, family: families.Family, spec: dict[str, Any], rows: pd.DataFrame, seed: int
-) -> dict[str, float] | None:
-    """Tabular families: the score lost when one feature column is shuffled (mean of a few shuffles).
-
-    Accuracy points for classifiers, mean squared error gained for regressors; None for
-    families without feature columns of their own (images, interactions).
-    """
-    if family.task not in (CLASSIFICATION, REGRESSION) or not spec.get("feature_columns") or "features" not in [
-        t.name for t in model.inputs
-    ]:
-        return None
-    rows = rows.iloc[-_IMPORTANCE_ROWS:]
-    x = family.inputs(rows, spec)["features"]
-    y = family.targets(rows, spec)
-
-    def quality(values: np.ndarray) -> float:
-        out = np.asarray(model.predict(values, batch_size=_PREDICT_BATCH, verbose=0))
-        if family.task == CLASSIFICATION:
-            return float((out.argmax(axis=1) == y).mean())
-        return -float(np.mean((out.reshape(-1) - y) ** 2))
-
-    rng = np.random.default_rng(seed)
-    baseline = quality(x)
-    importance = {}
-    for j, name in enumerate(spec["feature_columns"]):
-        drops = []
-        for _ in range(_IMPORTANCE_REPEATS):
-            shuffled = x.copy()
-            shuffled[:, j] = rng.permutation(shuffled[:, j])
-            drops.append(baseline - quality(shuffled))
-        importance[name] = float(np.mean(drops))
-    return importance
-
-
-def export(
-    model: keras.Model, out_dir: Path, lineage: dict[str, Any], train_path: Path, test_path: Path | None = None
-) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir / MODEL_FILE)
-    export_saved_model(model, out_dir / SAVED_MODEL_DIR / SERVING_VERSION, lineage.get("output_name", "probabilities"))
-    (out_dir / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
-    shutil.copyfile(train_path, out_dir / TRAINING_DATA_FILE)
-    if test_path is not None:
-        shutil.copyfile(test_path, out_dir / TEST_DATA_FILE)
-
-
-def export_saved_model(model: keras.Model, path: Path, output_name: str = "probabilities") -> None:
-    """A SavedModel whose `serving_default` takes the model's named inputs and returns `{output_name}`."""
-    if path.exists():
-        shutil.rmtree(path)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    names = [t.name for t in model.inputs]
-    # The TensorSpec names, not the Python argument names, become the signature's input keys.
-    specs = [
-        tf.TensorSpec([None, *t.shape[1:]], tf.string if t.dtype == "string" else tf.float32, name=t.name)
-        for t in model.inputs
-    ]
-
-    def serve(*args: tf.Tensor) -> dict[str, tf.Tensor]:
-        inputs = args[0] if len(args) == 1 else dict(zip(names, args, strict=True))
-        return {output_name: tf.cast(model(inputs, training=False), tf.float32)}
-
-    archive.add_endpoint(name="serving_default", fn=serve, input_signature=specs)
-    archive.write_out(str(path), verbose=False)
-
-
-# --- load and predict -------------------------------------------------------------------
-
-
-def load_model(model_dir: Path) -> LoadedModel:
-    """The Keras model and lineage of an exported version directory."""
-    model_dir = Path(model_dir)
-    model_file, lineage_file = model_dir / MODEL_FILE, model_dir / LINEAGE_FILE
-    if not model_file.exists() or not lineage_file.exists():
-        raise ModelNotFound(f"{model_dir} holds no exported model ({MODEL_FILE} and {LINEAGE_FILE} expected)")
-    return LoadedModel(keras.models.load_model(model_file), json.loads(lineage_file.read_text()))
-
-
-def predict(model: LoadedModel, table: pd.DataFrame | pa.Table) -> np.ndarray:
-    """The model's output per row: probabilities [N, classes], or one value / score per row [N]."""
-    frame = table.to_pandas() if isinstance(table, pa.Table) else table
-    return model.family_impl.predict(model.keras_model, frame, model.spec, batch=_PREDICT_BATCH)
-
-
-def predict_proba(model: LoadedModel, table: pd.DataFrame | pa.Table) -> np.ndarray:
-    """Class probabilities [N, len(model.classes)], columns in `model.classes` order."""
-    if model.task != CLASSIFICATION:
-        raise DataError(f"{model.family} predicts a {model.task} output, not class probabilities")
-    return predict(model, table)

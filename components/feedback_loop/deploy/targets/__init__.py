@@ -1,12 +1,14 @@
 """Where a rollout is served and its state kept: one module per kind of target, picked by name.
 
-A new target is one new module here (a class with `read`, `write`, `observe` and a
-`from_settings` class method) plus one line in `TARGETS`.
+A new target is one new module here (a class with `read`, `write`, `observe`,
+`serving_since` and a `from_settings` class method) plus one line in `TARGETS`. `write`
+applies only on top of the state `read` saw, else raises `rollout.RolloutConflict`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 from feedback_loop.deploy.analysis import Observation
@@ -24,6 +26,8 @@ class Target(Protocol):
     def write(self, state: RolloutState) -> None: ...
 
     def observe(self, state: RolloutState) -> Observation: ...
+
+    def serving_since(self, state: RolloutState) -> datetime | None: ...
 
 
 # deploy_target -> the factory `make_target` calls with keywords store_uri, model_name,

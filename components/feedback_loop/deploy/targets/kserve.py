@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from feedback_loop.deploy import isvc
 from feedback_loop.deploy.analysis import Observation
-from feedback_loop.deploy.rollout import ROLLED_BACK, RolloutState, traffic
+from feedback_loop.deploy.rollout import ROLLED_BACK, RolloutConflict, RolloutState, parse_time, traffic
 from feedback_loop.errors import DeploymentError
 
 ROLLOUT_ANNOTATION = "feedback-loop.dev/rollout"
+# The conditions whose last transition to True marks a new revision or route serving.
+SERVING_CONDITIONS = ("Ready", "PredictorReady", "PredictorConfigurationReady", "PredictorRouteReady", "IngressReady")
 
 
 class KServeTarget:
@@ -103,6 +106,24 @@ class KServeTarget:
         stable = predictor.get("latestRolledoutRevision", "")
         return Observation(True, ready, stable, f"revision {ready} ready with {expected} % (stable revision {stable or '-'})")
 
+    def serving_since(self, state: RolloutState) -> datetime | None:
+        """When the step began serving as KServe reports it; None while it does not.
+
+        The latest time one of SERVING_CONDITIONS turned True, once the canary's revision is
+        ready with its share: the revision's Ready for a new canary. A step that changed only
+        the traffic split may flip no condition: then the step's own start stands.
+        """
+        if not self.observe(state).ready:
+            return None
+        conditions = ((self._get() or {}).get("status") or {}).get("conditions") or []
+        times = [
+            parse_time(str(c["lastTransitionTime"]).replace("Z", "+00:00"))
+            for c in conditions
+            if c.get("type") in SERVING_CONDITIONS and c.get("status") == "True" and c.get("lastTransitionTime")
+        ]
+        began = parse_time(state.step_started_at) if state.step_started_at else None
+        return max([*times, *([began] if began else [])], default=None)
+
     def write(self, state: RolloutState) -> None:
         serving = state.canary or state.stable
         if serving is None:
@@ -135,7 +156,7 @@ class KServeTarget:
         seen_version, seen_state = self._seen if self._seen else (existing["metadata"].get("resourceVersion", ""), _annotation(existing))
         for _ in range(self.CONFLICT_RETRIES):
             if _annotation(existing) != seen_state:
-                raise DeploymentError(
+                raise RolloutConflict(
                     f"the rollout on InferenceService {self.namespace}/{self.name} was changed by another run since this one read it; "
                     "one rollout at a time: let the next run pick up the new state"
                 )

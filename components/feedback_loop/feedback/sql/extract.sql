@@ -1,19 +1,20 @@
 -- One row per consenting prediction of a time slice, with its latest feedback, audit columns and
 -- JSONB features, in no particular order. `excluded` says why a prediction is left out;
--- `feedback_excluded` why its answer is (the prediction stays, unlabelled); `answers` how many
+-- `feedback_excluded` why its answer gives no training label (a "wrong" without a usable
+-- correction: it stays a negative answer, the row stays unlabelled); `answers` how many
 -- answers it got (the older ones are duplicates).
 --
 -- Each prediction is joined to its latest answer up to the horizon (ties broken by id), read in
 -- index order. Answers are read from the slice's start on: an answer never precedes its
--- prediction (clock skew aside). A "wrong" without a usable correction keeps its prediction,
--- unlabelled. OFFSET 0 keeps each level a level: flattened, every use of `reason` would compute
+-- prediction (clock skew aside). A "wrong" without a usable correction keeps its prediction and
+-- its answer (a negative everywhere), unlabelled: a correction only adds a training label. OFFSET 0 keeps each level a level: flattened, every use of `reason` would compute
 -- `label` and `answer` again.
 SELECT p.id, p.created_at, p.model_version, p.answer AS predicted_label, p.confidence, p.latency_ms,
        p.input_uri, p.user_id,
-       CASE WHEN p.reason IS NULL THEN p.is_correct END AS is_correct,
+       p.is_correct,
        CASE WHEN p.reason IS NULL THEN p.corrected_label END AS corrected_label,
-       CASE WHEN p.reason IS NULL THEN p.comment END AS comment,
-       CASE WHEN p.reason IS NULL THEN p.feedback_at END AS feedback_at,
+       p.comment,
+       p.feedback_at,
        CASE WHEN p.reason IS NULL THEN p.label END AS label,
        CASE
            WHEN p.confidence IS NOT NULL AND NOT (p.confidence BETWEEN 0 AND 1) THEN 'confidence_out_of_range'
@@ -27,8 +28,8 @@ FROM (
     SELECT p.*,
            CASE
                WHEN p.is_correct IS NULL THEN NULL
-               WHEN p.label IS NULL THEN 'null_label'
-               WHEN {label_unknown} THEN 'unknown_label'
+               WHEN p.label IS NULL THEN 'no_correction'
+               WHEN {label_unknown} THEN 'unknown_correction'
            END AS reason
     FROM (
         SELECT p.*, CASE WHEN p.is_correct THEN p.answer ELSE nullif(btrim(p.corrected_label), '') END AS label

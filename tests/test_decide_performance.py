@@ -1,0 +1,252 @@
+"""The default trigger: production's fresh error vs its own validated error, the evidence memory
+after a fruitless attempt, the bootstrap rule, the drift rules, and check == component."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from kfp import dsl
+from psycopg2.extras import Json, execute_values
+
+from feedback_loop.decide import check, core, evidence, gather
+from feedback_loop.decide.component import decide_retrain
+from feedback_loop.decide.evidence import Sample
+from feedback_loop.feedback import store
+from feedback_loop.settings import load
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+POLICY = core.policy()  # rules: performance, first_model; margin 10 %, alpha 0.05, min_feedback 100
+
+
+def version_dir(root: Path, validation: dict | None = None, predictions: pd.DataFrame | None = None, **lineage) -> str:
+    path = root / "store" / "m" / "v1"
+    path.mkdir(parents=True, exist_ok=True)
+    data = {"created_at": (NOW - timedelta(days=10)).isoformat(), "task": "classification", **lineage}
+    if validation:
+        data["validation"] = validation
+    (path / "lineage.json").write_text(json.dumps(data))
+    if predictions is not None:
+        predictions.to_parquet(path / "reference_predictions.parquet")
+    return "file://" + str(path)
+
+
+def answers(n: int, wrong: int, start: datetime, label: str = "cat") -> pd.DataFrame:
+    """`n` answered predictions of `label`, the first `wrong` of them answered "wrong" (no correction)."""
+    at = [start + timedelta(minutes=i) for i in range(n)]
+    correct = [i >= wrong for i in range(n)]
+    return pd.DataFrame({
+        "id": [f"{start.timestamp()}-{i}" for i in range(n)], "created_at": at, "predicted_label": label,
+        "is_correct": correct, "label": [label if c else None for c in correct], "feedback_at": at,
+    })
+
+
+def write(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_parquet(path)
+    return path
+
+
+def decide(tmp_path: Path, frame: pd.DataFrame, uri: str, dsn: str | None = None, policy: core.Policy = POLICY, **stats):
+    signals = gather.signals(
+        {"training_rows": 1000, **stats}, is_drift=False, feedback_path=write(frame, tmp_path / "f.parquet"),
+        production_model_uri=uri, model_name="m", dsn=dsn,
+    )
+    return signals, core.decide(signals, policy)
+
+
+# --- the test itself ----------------------------------------------------------------------------
+
+
+def test_agresti_caffo_z_matches_a_hand_computation() -> None:
+    t = evidence.worse_than(Sample.rate(30, 100), Sample.rate(10, 100), 0.0, 0.05, "error_rate")
+    f, r = 31 / 102, 11 / 102
+    z = (f - r) / np.sqrt(f * (1 - f) / 102 + r * (1 - r) / 102)
+    assert t.statistic == pytest.approx(z) and t.p_value == pytest.approx(0.000178, rel=0.02) and t.fired
+
+
+def test_performance_fires_just_above_its_threshold_and_holds_just_below() -> None:
+    base = Sample.rate(100, 1000)  # 10 % on 1000 validation rows; threshold 11 %
+    p = [evidence.worse_than(Sample.rate(k, 1000), base, 0.10, 0.05, "error_rate").p_value for k in range(100, 220)]
+    assert all(a >= b for a, b in zip(p, p[1:])), "more errors, stronger evidence"
+    first = next(k for k, v in zip(range(100, 220), p) if v < 0.05)
+    below, above = Sample.rate(first - 1, 1000), Sample.rate(first, 1000)
+    assert not evidence.worse_than(below, base, 0.10, 0.05, "error_rate").fired
+    assert evidence.worse_than(above, base, 0.10, 0.05, "error_rate").fired
+    assert 0.13 < first / 1000 < 0.15  # the baseline's own sampling error and the margin both count
+    # Without the margin the same error is evidence sooner.
+    assert evidence.worse_than(Sample.rate(first - 5, 1000), base, 0.0, 0.05, "error_rate").fired
+
+
+def test_min_feedback_is_the_fewest_answers_judged(tmp_path: Path) -> None:
+    uri = version_dir(tmp_path, {"metric": "error_rate", "value": 0.1, "rows": 1000})
+    _, short = decide(tmp_path, answers(99, 60, NOW - timedelta(days=1)), uri)
+    assert not short.retrain and "not enough fresh answers: 99 < 100" in short.reasons[0]
+    _, enough = decide(tmp_path, answers(100, 60, NOW - timedelta(days=1)), uri)
+    assert enough.retrain and enough.fired[0].name == "performance"
+
+
+def test_a_stationary_error_never_fires_and_the_decision_states_its_evidence(tmp_path: Path) -> None:
+    uri = version_dir(tmp_path, {"metric": "error_rate", "value": 0.1, "rows": 1000})
+    _, decision = decide(tmp_path, answers(5000, 520, NOW - timedelta(days=4)), uri)  # 10.4 %: noise
+    assert not decision.retrain
+    e = decision.to_dict()["evidence"]
+    assert e["baseline"] == {"metric": "error_rate", "value": 0.1, "rows": 1000, "source": "lineage.json", "version": "v1"}
+    assert e["fresh"]["rows"] == 5000 and e["fresh"]["interval"][0] < 0.104 < e["fresh"]["interval"][1]
+    assert e["test"]["p_value"] > 0.05 and e["test"]["threshold"] == pytest.approx(0.11)
+    text = decision.to_markdown()
+    assert "## Evidence for the payoff" in text and "| production, validated (lineage.json) | 10.0% |" in text
+    assert "One-sided z (Agresti-Caffo)" in text and "p = " in text
+    assert not any(isinstance(v, float) and np.isnan(v) for v in json.loads(json.dumps(e)).get("test", {}).values())
+
+
+def test_the_baseline_falls_back_on_the_validation_predictions_then_cannot_judge(tmp_path: Path) -> None:
+    preds = pd.DataFrame({"label": ["cat"] * 80 + ["dog"] * 20, "predicted_label": ["cat"] * 100})
+    baseline, reason, created = gather.read_baseline(version_dir(tmp_path, predictions=preds))
+    assert baseline.metric == "error_rate" and baseline.sample.mean == 0.2 and baseline.sample.rows == 100
+    assert baseline.source == "reference_predictions.parquet" and created
+    bad, reason, _ = gather.read_baseline(version_dir(tmp_path, {"metric": "error_rate", "value": 1.7, "rows": 10}))
+    assert bad is None and "unusable 'validation'" in reason
+    (tmp_path / "store" / "m" / "v1" / "reference_predictions.parquet").unlink()
+    baseline, reason, _ = gather.read_baseline(version_dir(tmp_path))
+    assert baseline is None and "records no validated error" in reason
+    _, decision = decide(tmp_path, answers(500, 400, NOW - timedelta(days=1)), "file://" + str(tmp_path / "store/m/v1"))
+    rule = next(r for r in decision.rules if r.name == "performance")
+    assert not rule.fired and rule.detail.startswith("cannot judge: production v1 records no validated error")
+
+
+def test_a_regressor_is_judged_on_its_squared_errors_by_welch(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    preds = pd.DataFrame({"label": [f"{v:.6f}" for v in rng.normal(0, 1, 2000)], "predicted_label": "0.0"})
+    baseline, _, _ = gather.read_baseline(version_dir(tmp_path, predictions=preds, task="regression"))
+    assert baseline.metric == "mse" and baseline.sample.mean == pytest.approx(1.0, abs=0.1)
+
+    def fresh(scale: float, n: int = 400) -> pd.DataFrame:
+        frame = answers(n, n, NOW - timedelta(days=1))
+        frame["predicted_label"] = "0.0"
+        frame["label"] = [f"{v:.6f}" for v in rng.normal(0, scale, n)]  # every answer a correction
+        frame.loc[0, "label"] = None  # a "wrong" without the right value: counted, not judged
+        return frame
+
+    uri = version_dir(tmp_path, {"metric": "mse", "value": 1.0, "rows": 2000}, task="regression")
+    signals, same = decide(tmp_path, fresh(1.0), uri)
+    assert not same.retrain and signals.evidence.unjudged == 1 and signals.evidence.fresh.rows == 399
+    _, worse = decide(tmp_path, fresh(1.6), uri)  # mse ≈ 2.6
+    assert worse.retrain and "Welch t" in worse.fired[0].detail
+
+
+def test_first_model_trains_when_none_serves_and_enough_rows_are_labelled(tmp_path: Path) -> None:
+    _, few = decide(tmp_path, answers(99, 0, NOW - timedelta(days=1)), "", new_rows=99)
+    assert not few.retrain and "no model serves; 99 labelled rows (< 100)" in few.reasons[1]
+    _, enough = decide(tmp_path, answers(100, 0, NOW - timedelta(days=1)), "", new_rows=100)
+    assert enough.retrain and enough.fired[0].name == "first_model"
+    assert next(r for r in enough.rules if r.name == "performance").detail == "cannot judge: no model serves yet"
+
+
+def test_prediction_and_residual_drift_are_rules_the_policy_can_enable(tmp_path: Path) -> None:
+    drift = {"prediction.tested": 1.0, "prediction.outputs_drift": 1.0, "residual.p_value": 0.001, "residual.is_drift": 1.0,
+             "residual.error_rate.reference": 0.1, "residual.error_rate.current": 0.3}
+    s = gather.signals({}, is_drift=False, drift=drift)
+    both = core.policy(rules=("prediction_drift", "residual_drift"))
+    assert {r.name for r in core.decide(s, both).fired} == {"prediction_drift", "residual_drift"}
+    assert not core.decide(s, POLICY).retrain, "off by default"
+    better = gather.signals({}, is_drift=False, drift={**drift, "residual.error_rate.current": 0.05, "prediction.outputs_drift": 0.0})
+    assert not core.decide(better, both).retrain, "a model that errs less is no reason to retrain"
+
+
+# --- the evidence memory ------------------------------------------------------------------------
+
+
+def test_after_a_fruitless_attempt_only_new_evidence_retrains(tmp_path: Path, database_url: str) -> None:
+    uri = version_dir(tmp_path, {"metric": "error_rate", "value": 0.1, "rows": 1000})
+    seen = answers(300, 90, NOW - timedelta(days=3))  # 30 %: the attempt's evidence
+    signals, first = decide(tmp_path, seen, uri, database_url, new_rows=210)
+    assert first.retrain and signals.evidence.attempt is None
+    core.record(database_url, "m", "attempt-1", signals, first)  # it trained, and blessed nothing
+
+    # The same evidence again, plus 50 new answers as bad as before: not enough to judge.
+    more = pd.concat([seen, answers(50, 15, NOW - timedelta(days=1))])
+    signals, again = decide(tmp_path, more, uri, database_url, new_rows=260)
+    assert not again.retrain
+    assert signals.evidence.attempt.run_name == "attempt-1" and signals.evidence.since_attempt.rows == 50
+    assert signals.new_rows == 35, "new_data counts labelled rows since the attempt"
+    assert "since attempt attempt-1" in again.reasons[0] and "50 < 100" in again.reasons[0]
+    assert again.to_dict()["evidence"]["remembered_attempt"]["run_name"] == "attempt-1"
+    assert "Remembered attempt: run attempt-1" in again.to_markdown()
+    core.record(database_url, "m", "waiting", signals, again)  # a "no" is no attempt
+
+    # 150 more bad answers: enough new evidence that production is worse than validated.
+    most = pd.concat([more, answers(150, 60, NOW - timedelta(hours=12))])
+    signals, third = decide(tmp_path, most, uri, database_url)
+    assert third.retrain and signals.evidence.since_attempt.rows == 200 and signals.evidence.attempt.run_name == "attempt-1"
+    assert signals.new_rows == 35 + 90 and third.fired[0].name == "performance"
+
+
+def test_significantly_worse_than_at_the_attempt_is_new_evidence(tmp_path: Path, database_url: str) -> None:
+    uri = version_dir(tmp_path, {"metric": "error_rate", "value": 0.1, "rows": 1000})
+    seen = answers(300, 60, NOW - timedelta(days=3))  # 20 %
+    signals, first = decide(tmp_path, seen, uri, database_url)
+    core.record(database_url, "m", "attempt-1", signals, first)
+    assert first.retrain
+    # 40 new answers (fewer than min_feedback), nearly all wrong: far worse than the attempt's 20 %.
+    _, worse = decide(tmp_path, pd.concat([seen, answers(40, 36, NOW - timedelta(days=1))]), uri, database_url)
+    assert worse.retrain and "vs the attempt's 20.0% on 300" in worse.fired[0].detail
+
+
+def test_an_attempt_older_than_production_is_forgotten(tmp_path: Path, database_url: str) -> None:
+    uri = version_dir(tmp_path, {"metric": "error_rate", "value": 0.1, "rows": 1000})
+    signals, first = decide(tmp_path, answers(300, 90, NOW - timedelta(days=3)), uri, database_url)
+    core.record(database_url, "m", "attempt-1", signals, first)
+    newer = version_dir(tmp_path, {"metric": "error_rate", "value": 0.1, "rows": 1000}, created_at=(NOW + timedelta(minutes=5)).isoformat())
+    signals, _ = decide(tmp_path, answers(300, 90, NOW - timedelta(days=3)), newer, database_url)
+    assert signals.evidence.attempt is None
+
+
+# --- `feedback-loop check` and the component decide alike ---------------------------------------
+
+
+@pytest.mark.slow
+def test_check_gives_the_components_decision(database_url: str, tmp_path: Path, monkeypatch) -> None:
+    from feedback_loop.deploy.rollout import Release, RolloutState
+    from feedback_loop.deploy.targets.local import LocalTarget
+    from feedback_loop.drift.component import detect_drift
+    from feedback_loop.feedback.component import extract_feedback
+
+    rng = np.random.default_rng(1)
+    uri = version_dir(tmp_path, {"metric": "error_rate", "value": 0.1, "rows": 1000},
+                      trained_through=(NOW - timedelta(days=5)).isoformat())
+    version = Path(uri.removeprefix("file://"))
+    pd.DataFrame({"id": [f"t{i}" for i in range(500)], "created_at": pd.Timestamp(NOW - timedelta(days=6)),
+                  "x": rng.normal(0, 1, 500), "label": "cat"}).to_parquet(version / "training_data.parquet")
+    target = LocalTarget("file://" + str(tmp_path / "store"), "m")
+    target.read()
+    target.write(RolloutState(stable=Release.at("v1", uri)))
+    conn = store.connect(database_url)
+    try:
+        with conn, conn.cursor() as cur:
+            execute_values(cur, "INSERT INTO predictions (id, created_at, model_name, model_version, features, predicted_label, confidence, latency_ms) VALUES %s",
+                           [(f"p{i}", NOW - timedelta(minutes=10 * i + 20), "m", "v1", Json({"x": float(rng.normal(0.2, 1))}), "cat", 0.8, 10.0) for i in range(300)])
+            execute_values(cur, "INSERT INTO feedback (prediction_id, created_at, is_correct, corrected_label, comment) VALUES %s",
+                           [(f"p{i}", NOW - timedelta(minutes=10 * i + 15), i % 4 != 0, "dog" if i % 8 == 0 else None, None) for i in range(300)])
+    finally:
+        conn.close()
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    settings = load(model_name="m", deploy_target="local", model_store_uri="file://" + str(tmp_path / "store"))
+    by_check = check.check(settings, database_url)["decision"]
+
+    production = {"since": (NOW - timedelta(days=5)).isoformat(), "reference_data_uri": uri + "/training_data.parquet"}
+    out = tmp_path / "run"
+    feedback, stats = dsl.Dataset(uri=str(out / "feedback")), dsl.Metrics(uri=str(out / "stats"))
+    extract_feedback.python_func(feedback=feedback, stats=stats, model_name="m", **production)
+    drift = {k: getattr(dsl, t)(uri=str(out / k)) for k, t in (("report", "HTML"), ("summary", "Markdown"), ("metrics", "Metrics"), ("verdict_json", "Artifact"))}
+    is_drift = detect_drift.python_func(current=feedback, reference_uri=production["reference_data_uri"], **drift)
+    markdown = dsl.Markdown(uri=str(out / "decision.md"))
+    decide_retrain.python_func(stats=stats, feedback=feedback, drift_metrics=drift["metrics"], decision=markdown, model_name="m",
+                               is_drift=is_drift, production_model_uri=uri, run_name="r")
+    by_component = markdown.metadata["decision"]
+    assert by_component == by_check
+    assert by_check["retrain"] and by_check["fired"] == ["performance"]  # 25 % wrong vs 10 % validated
+    assert by_check["evidence"]["fresh"]["rows"] == 300
