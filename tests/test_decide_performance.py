@@ -167,22 +167,23 @@ def test_after_a_fruitless_attempt_only_new_evidence_retrains(tmp_path: Path, da
     assert first.retrain and signals.evidence.attempt is None
     core.record(database_url, "m", "attempt-1", signals, first)  # it trained, and blessed nothing
 
-    # The same evidence again, plus 50 new answers as bad as before: not enough to judge.
+    # The same evidence again, plus 50 new answers as bad as before: not enough to judge (the
+    # next try needs twice the answers the attempt's test fired on: 600).
     more = pd.concat([seen, answers(50, 15, NOW - timedelta(days=1))])
     signals, again = decide(tmp_path, more, uri, database_url, new_rows=260)
     assert not again.retrain
     assert signals.evidence.attempt.run_name == "attempt-1" and signals.evidence.since_attempt.rows == 50
     assert signals.new_rows == 35, "new_data counts labelled rows since the attempt"
-    assert "since attempt attempt-1" in again.reasons[0] and "50 < 100" in again.reasons[0]
+    assert "since attempt attempt-1" in again.reasons[0] and "50 < 600" in again.reasons[0]
     assert again.to_dict()["evidence"]["remembered_attempt"]["run_name"] == "attempt-1"
     assert "Remembered attempt: run attempt-1" in again.to_markdown()
     core.record(database_url, "m", "waiting", signals, again)  # a "no" is no attempt
 
-    # 150 more bad answers: enough new evidence that production is worse than validated.
-    most = pd.concat([more, answers(150, 60, NOW - timedelta(hours=12))])
+    # 550 more bad answers: twice the attempt's evidence, and production is worse than validated.
+    most = pd.concat([more, answers(550, 220, NOW - timedelta(hours=12))])
     signals, third = decide(tmp_path, most, uri, database_url)
-    assert third.retrain and signals.evidence.since_attempt.rows == 200 and signals.evidence.attempt.run_name == "attempt-1"
-    assert signals.new_rows == 35 + 90 and third.fired[0].name == "performance"
+    assert third.retrain and signals.evidence.since_attempt.rows == 600 and signals.evidence.attempt.run_name == "attempt-1"
+    assert signals.new_rows == 35 + 330 and third.fired[0].name == "performance"
 
 
 def test_significantly_worse_than_at_the_attempt_is_new_evidence(tmp_path: Path, database_url: str) -> None:
@@ -250,3 +251,18 @@ def test_check_gives_the_components_decision(database_url: str, tmp_path: Path, 
     assert by_component == by_check
     assert by_check["retrain"] and by_check["fired"] == ["performance"]  # 25 % wrong vs 10 % validated
     assert by_check["evidence"]["fresh"]["rows"] == 300
+
+
+def test_a_recent_change_is_caught_before_the_whole_window_catches_up(tmp_path: Path, database_url: str) -> None:
+    uri = version_dir(tmp_path, {"metric": "error_rate", "value": 0.1, "rows": 1000})
+    # Three weeks at the validated 10 %, then one day at 25 %: diluted in the whole window (11 %).
+    calm = pd.concat([answers(300, 30, NOW - timedelta(days=d)) for d in range(21, 0, -1)])
+    signals, decision = decide(tmp_path, pd.concat([calm, answers(300, 75, NOW - timedelta(hours=2))]), uri, database_url)
+    # (The bad day's answers may straddle midnight: the window that fires is the last day or two.)
+    test = decision.to_dict()["evidence"]["test"]
+    assert decision.retrain and f"({test['window']})" in decision.fired[0].detail
+    assert test["window"] in ("last 1 day", "last 2 days") and test["windows_tested"] in (5, 6)
+    assert test["p_value"] < 0.05 / test["windows_tested"]
+    # The same three calm weeks alone: no window fires, at the level split across them.
+    _, calm_decision = decide(tmp_path, calm, uri, database_url)
+    assert not calm_decision.retrain

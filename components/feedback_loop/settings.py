@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     window: Literal["expanding", "sliding", "weighted"] = Field("expanding", description="expanding (all history), sliding (last `window_days`), or weighted (rows weighted by age with `half_life_days`).")
     window_days: float = Field(90.0, gt=0.0, description="Length of a sliding window, in days before the holdout starts.")
     half_life_days: float = Field(30.0, gt=0.0, description="Age at which a row counts half, for the weighted window.")
-    split: Literal["recent_feedback", "time_series"] = Field("recent_feedback", description="recent_feedback, or time_series for time-ordered data.")
+    split: Literal["recent_feedback", "time_series", "random"] = Field("recent_feedback", description="recent_feedback (the holdout is one in two of the newest feedback rows), time_series for time-ordered data, or random (a seeded draw of the feedback, for rows that do not depend on time).")
     # Training hardware (accelerator type and count are compile options).
     mixed_precision: bool = Field(False, description="float16 (GPU) or bfloat16 (CPU) compute with float32 weights.")
     xla: bool = Field(False, description="Compile the training step with XLA.")

@@ -19,7 +19,7 @@ time (the rest are plain thumbs-down). Three worlds per stream and seed, side by
     loop    the loop with its defaults (and rollout_steps=100: no canary, this measures
             the retrain and blessing decisions, not the rollout)
     never   the first production model serves forever
-    every   a retrain every period, deployed whether blessed or not
+    every   a retrain every period (force=true), through the same evaluation gates
 
 Served accuracy is the serving model's accuracy on the day's traffic (the stream's own
 labels). A blessing "served worse" when, on the next day's traffic, the new model is
@@ -59,13 +59,13 @@ from feedback_loop.settings import default_of
 START = datetime(2026, 3, 2, tzinfo=timezone.utc)
 MODEL = "sea"
 FEATURES = ("f0", "f1", "f2")
-INITIAL_ROWS = 3000  # the first production model's training data
+INITIAL_ROWS = 6000  # the first production model's training data: enough for it to be near the best it can be
 ANSWER_SHARE = 0.8
 CORRECTION_SHARE = 0.6  # of the "wrong" answers; the others are plain thumbs-down
 DRIFT_AT = 0.4  # share of the periods after which the concept (or the benign shift) moves
 TOLERANCE = 0.01  # 1 point
 # What a tabular user sets; everything else is the loop's default.
-LOOP_SETTINGS = {"family": "tabular_classifier", "rollout_steps": [100], "bake_hours": [], "deploy_target": "local",
+LOOP_SETTINGS = {"family": "tabular_classifier", "rollout_steps": [100], "bake_hours": [], "deploy_target": "local", "window": "weighted", "half_life_days": 1.0, "strategy": "scratch",
                  "epochs": 20}
 log = logging.getLogger("bench.decisions")
 
@@ -153,7 +153,7 @@ def call(component: Any, world: World, root: Path, **wired: Any) -> tuple[Any, d
     return component.python_func(**arguments), outputs
 
 
-def run_loop(world: World, period: int, force: bool = False, ungated: bool = False) -> dict[str, Any]:
+def run_loop(world: World, period: int, force: bool = False) -> dict[str, Any]:
     """One scheduled run, in the pipeline's order and wiring (pipelines/retraining_pipeline.py)."""
     from feedback_loop.decide.component import decide_retrain
     from feedback_loop.deploy.component import advance_rollout, deploy_canary
@@ -190,10 +190,12 @@ def run_loop(world: World, period: int, force: bool = False, ungated: bool = Fal
         production_model_uri=rollout.production_model_uri,
     )
     outcome["blessed"] = bool(blessed)
-    if blessed or ungated:
+    verdict = evaluation["verdict"].metadata["verdict"]
+    outcome["gates"] = {g["name"]: (g["passed"], g.get("detail", "")[:160]) for g in verdict.get("gate_results", [])}
+    if blessed:
         deployed, _ = call(
             deploy_canary, world, root, candidate=trained["model"], drift_summary=drift["summary"],
-            evaluation_verdict=evaluation["verdict"],
+            evaluation_verdict=evaluation["verdict"], guard=evaluation["guard"],
         )
         outcome["deployed"] = deployed.version
     return outcome
@@ -306,7 +308,7 @@ def play(job: tuple[str, int, int, int, str]) -> dict[str, Any]:
                 os.environ["DATABASE_URL"] = world.dsn
                 replaced = world.serving
                 with time_machine.travel(START + timedelta(days=period + 1, hours=1), tick=True):
-                    outcome = run_loop(world, period, force=kind == "every", ungated=kind == "every")
+                    outcome = run_loop(world, period, force=kind == "every")
                 world.decisions.append(outcome)
                 _serve_latest(world)
                 if world.serving is not replaced:
@@ -319,6 +321,7 @@ def play(job: tuple[str, int, int, int, str]) -> dict[str, Any]:
         "trainings": loop.trainings, "blessings": len(loop.blessings), "served_worse": len(served_worse),
         "per_period": {"loop": loop.accuracy, "never": never_accuracy, "every": every.accuracy},
         "decisions": [{k: v for k, v in d.items() if k != "reasons"} | {"why": d["reasons"][:2]} for d in loop.decisions],
+        "every_decisions": [{k: v for k, v in d.items() if k != "reasons"} for d in every.decisions],
         "seconds": round(time.monotonic() - started, 1),
     }
 

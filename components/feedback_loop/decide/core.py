@@ -129,6 +129,8 @@ def record(dsn: str, model_name: str, run_name: str, signals: Signals, decision:
 
     conn = store.connect(dsn)
     try:
-        store.record_run(conn, model_name=model_name, run_name=run_name, retrain=decision.retrain, reasons=decision.reasons, stats=asdict(signals))
+        # The payoff's figures too: a later run sizes the new evidence it asks for on this test's.
+        stats = asdict(signals) | {"payoff": decision.to_dict().get("evidence") or {}}
+        store.record_run(conn, model_name=model_name, run_name=run_name, retrain=decision.retrain, reasons=decision.reasons, stats=stats)
     finally:
         conn.close()

@@ -20,7 +20,7 @@ Student's t for mse): its lower end is the one-sided bound the test uses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 METRICS = ("error_rate", "mse")
@@ -91,6 +91,7 @@ class Attempt:
     started_at: str
     evidence_through: str  # newest answer it saw: later answers are new evidence
     sample: Sample | None = None
+    tested_rows: int = 0  # answers of the window its performance test fired on
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class Evidence:
     labelled_since_attempt: int = 0
     unjudged: int = 0  # negatives the loss cannot use (a regressor's "wrong" without a value)
     evidence_through: str = ""  # newest answer in the window
+    recent: list[tuple[int, Sample]] = field(default_factory=list)  # (days, answers) of the judged ones' last days
 
     @property
     def judged(self) -> Sample | None:
@@ -150,6 +152,25 @@ def worse_than(fresh: Sample, reference: Sample, margin: float, alpha: float, me
     return Test(threshold, float(statistic), p, p < alpha, name)
 
 
+def scan(e: Evidence, margin: float, alpha: float, needed: int, min_rows: int) -> tuple[str, Sample, Test, int] | None:
+    """The judged answers (at least `needed`) and their recent windows (last 1, 2, 4, ... days,
+    at least `min_rows` answers each), each tested at alpha / (number of windows), Bonferroni:
+    (window, sample, test, windows tested) of the most significant, or None.
+
+    The whole window alone would let weeks of answers from before a change dilute the days
+    after it; the recent ones alone would forget a slow drift. Testing both keeps the level.
+    """
+    judged = e.judged
+    if e.baseline is None or judged is None or judged.rows < max(needed, 1):
+        return None
+    windows = [("since " + ("the attempt" if e.attempt else "production's training"), judged)]
+    windows += [(f"last {days} day{'s' if days > 1 else ''}", s) for days, s in e.recent if min_rows <= s.rows < judged.rows]
+    each = alpha / len(windows)
+    tests = [(name, s, worse_than(s, e.baseline.sample, margin, each, e.baseline.metric)) for name, s in windows]
+    name, sample, test = min(tests, key=lambda t: t[2].p_value)
+    return name, sample, test, len(windows)
+
+
 def describe(metric: str, sample: Sample, alpha: float) -> str:
     """"23.0% [19.1%, 27.4%] on 400 answers" (or the mse), with the (1 − 2·alpha) interval."""
     lo, hi = sample.interval(metric, 1 - 2 * alpha)
@@ -184,9 +205,10 @@ def summary(e: Evidence, margin: float, alpha: float) -> dict[str, Any]:
         if sample is not None:
             lo, hi = sample.interval(b.metric, level)
             out[name] = {"value": sample.mean, "rows": sample.rows, "interval": [lo, hi], "level": level}
-    judged = e.judged
-    if judged is not None and judged.rows:
-        t = worse_than(judged, b.sample, margin, alpha, b.metric)
-        out["test"] = {"name": t.name, "threshold": t.threshold, "statistic": t.statistic, "p_value": t.p_value,
-                       "alpha": alpha, "margin": margin, "significant": t.fired, "rows": judged.rows}
+    best = scan(e, margin, alpha, 1, 1)
+    if best is not None:
+        window, sample, t, windows = best
+        out["test"] = {"name": t.name, "window": window, "windows_tested": windows, "threshold": t.threshold,
+                       "statistic": t.statistic, "p_value": t.p_value, "alpha": alpha, "margin": margin,
+                       "significant": t.fired, "rows": sample.rows}
     return out

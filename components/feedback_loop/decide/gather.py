@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -47,14 +47,14 @@ def signals(
         attempt = last_attempt(dsn, model_name, created_at or None)
     metric = baseline.metric if baseline else "error_rate"
     if feedback_path is not None:
-        whole, since, newest = tally(Path(feedback_path), attempt.evidence_through if attempt else "")
+        whole, since, newest, days = tally(Path(feedback_path), attempt.evidence_through if attempt else "")
     else:
         whole = Tally(answered=base.feedback_count, wrong=base.negative_count)
-        since, newest = Tally(), ""
+        since, newest, days = Tally(), "", {}
     evidence = Evidence(
         baseline=baseline, reason=reason, fresh=whole.sample(metric), attempt=attempt,
         since_attempt=since.sample(metric) if attempt else None, labelled_since_attempt=since.labelled,
-        unjudged=whole.unjudged if metric == "mse" else 0, evidence_through=newest,
+        unjudged=whole.unjudged if metric == "mse" else 0, evidence_through=newest, recent=recent_windows(days, metric),
     )
     changes: dict = {"evidence": evidence, "has_production": bool(production_model_uri)}
     if attempt:  # new_data counts the rows since the last attempt, not since production's training
@@ -132,7 +132,8 @@ def last_attempt(dsn: str, model_name: str, after: str | None) -> Attempt | None
     recorded = (row["stats"] or {}).get("evidence") or {}
     judged = recorded.get("since_attempt") if recorded.get("attempt") else recorded.get("fresh")
     started = row["started_at"].isoformat()
-    return Attempt(row["run_name"] or "", started, recorded.get("evidence_through") or started, Sample.of(judged))
+    tested = int(((row["stats"] or {}).get("payoff") or {}).get("test", {}).get("rows") or 0)
+    return Attempt(row["run_name"] or "", started, recorded.get("evidence_through") or started, Sample.of(judged), tested)
 
 
 @dataclass
@@ -146,6 +147,9 @@ class Tally:
     sq_sum: float = 0.0
     sq_sum2: float = 0.0
     unjudged: int = 0  # wrong without a numeric correction: no squared error
+
+    def __add__(self, other: "Tally") -> "Tally":
+        return Tally(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
 
     def sample(self, metric: str) -> Sample:
         if metric == "mse":
@@ -166,9 +170,10 @@ class Tally:
         self.unjudged += int(((frame["is_correct"] == False) & values.isna()).sum())  # noqa: E712
 
 
-def tally(path: Path, after: str) -> tuple[Tally, Tally, str]:
-    """(the whole extract, the answers given after `after` (ISO; "" none), the newest answer's time)."""
-    whole, since, newest = Tally(), Tally(), None
+def tally(path: Path, after: str) -> tuple[Tally, Tally, str, dict[str, Tally]]:
+    """(the whole extract, the answers given after `after` (ISO; "" none), the newest answer's
+    time, the answers after `after` by day of their answer (ISO date))."""
+    whole, since, newest, days = Tally(), Tally(), None, {}
     cut = pd.Timestamp(after) if after else None
     if cut is not None and cut.tzinfo is None:
         cut = cut.tz_localize("UTC")
@@ -184,9 +189,29 @@ def tally(path: Path, after: str) -> tuple[Tally, Tally, str]:
         if at.notna().any():
             top = at.max()
             newest = top if newest is None or top > newest else newest
+        judged = frame if cut is None else frame[at > cut]
         if cut is not None:
-            since.add(frame[at > cut])
-    return whole, since, newest.isoformat() if newest is not None else ""
+            since.add(judged)
+        answered_at = pd.to_datetime(judged["feedback_at"], utc=True)
+        for day, part in judged[answered_at.notna()].groupby(answered_at[answered_at.notna()].dt.date.astype(str)):
+            days.setdefault(day, Tally()).add(part)
+    return whole, since, newest.isoformat() if newest is not None else "", days
+
+
+def recent_windows(days: dict[str, Tally], metric: str) -> list[tuple[int, Sample]]:
+    """The answers of the last 1, 2, 4, ... days before the newest answer, each shorter than all
+    of them: a change shows in a recent window before the whole window's mean catches up."""
+    if not days:
+        return []
+    last = date.fromisoformat(max(days))
+    span = (last - date.fromisoformat(min(days))).days + 1
+    windows, length = [], 1
+    while length < span:
+        first = last - timedelta(days=length - 1)
+        part = sum((t for d, t in days.items() if date.fromisoformat(d) >= first), Tally())
+        windows.append((length, part.sample(metric)))
+        length *= 2
+    return windows
 
 
 def _valid(v: object) -> bool:

@@ -66,8 +66,8 @@ def _cmp(ok: bool, yes: str, no: str) -> str:
 def performance(s: Signals, p: Policy) -> tuple[bool, str]:
     """The default trigger: production's error on fresh feedback is worse than its validated error
     by more than the margin, by a one-sided test (see decide/evidence.py). After an attempt that
-    blessed nothing, it judges only the answers given since, once there are as many as the attempt
-    had, or fires when they are significantly worse than what that attempt saw."""
+    blessed nothing, it judges only the answers given since, once there are twice as many as its
+    test fired on, or fires when they are significantly worse than what that attempt saw."""
     e = s.evidence
     if e is None or e.baseline is None:
         return False, f"cannot judge: {e.reason if e else 'no evidence gathered (no feedback extract)'}"
@@ -78,20 +78,21 @@ def performance(s: Signals, p: Policy) -> tuple[bool, str]:
     if e.attempt:
         since = f" since attempt {e.attempt.run_name or '?'} ({e.attempt.started_at}) blessed nothing"
     n = judged.rows if judged else 0
-    # After a fruitless attempt, ask for at least as much new evidence as it had: the evidence
+    # After a fruitless attempt, ask for twice the answers its test fired on: the evidence
     # doubles between attempts, so a concept the training data cannot yet teach costs a few
     # trainings, not one a run.
-    needed = max(p.min_feedback, (e.fresh.rows if e.fresh else 0) - n) if e.attempt else p.min_feedback
-    if n < needed:
+    needed = max(p.min_feedback, 2 * e.attempt.tested_rows) if e.attempt else p.min_feedback
+    best = ev.scan(e, p.performance_margin, p.performance_alpha, needed, p.min_feedback)
+    if best is None:
         fired = False
         detail = f"not enough fresh {'answers' if metric == 'error_rate' else 'corrected values'}{since}: {n} < {needed}; {base}"
     else:
-        t = ev.worse_than(judged, b.sample, p.performance_margin, p.performance_alpha, metric)
+        window, sample, t, tested = best
         fired = t.fired
         detail = (
-            f"fresh {ev.label(metric)} {ev.describe(metric, judged, p.performance_alpha)}{since} vs {base}; "
+            f"fresh {ev.label(metric)} {ev.describe(metric, sample, p.performance_alpha)} ({window}){since} vs {base}; "
             f"H0 fresh ≤ {_fmt(metric, t.threshold)} (+{p.performance_margin:.0%}): one-sided {t.name} = {t.statistic:.2f}, "
-            f"p = {t.p_value:.3g} ({_cmp(t.fired, '<', '≥')} {p.performance_alpha:g})"
+            f"p = {t.p_value:.3g} ({_cmp(t.fired, '<', '≥')} {p.performance_alpha:g} / {tested} windows)"
         )
     if judged is not None and e.attempt and e.attempt.sample and not fired and n >= ev.MIN_TEST_ROWS:
         # New evidence of another kind: clearly worse than when the last attempt was made.

@@ -169,11 +169,15 @@ def migrate(conn: psycopg2.extensions.connection) -> int:
     return len(MIGRATIONS)
 
 
-def record_run(conn, *, model_name: str, run_name: str, retrain: bool, reasons: list[str], stats: dict[str, Any]) -> None:
+def record_run(
+    conn, *, model_name: str, run_name: str, retrain: bool, reasons: list[str], stats: dict[str, Any], at: datetime | None = None
+) -> None:
+    """One decision; `at` (default now, by this process's clock: the one the lineage's times use)."""
     with conn, conn.cursor() as cur:
         cur.execute(
             queries.text("record_run"),
-            {"model_name": model_name, "run_name": run_name, "retrain": retrain, "reasons": json.dumps(reasons), "stats": json.dumps(stats)},
+            {"model_name": model_name, "run_name": run_name, "retrain": retrain, "reasons": json.dumps(reasons),
+             "stats": json.dumps(stats), "started_at": at or datetime.now(timezone.utc)},
         )
 
 

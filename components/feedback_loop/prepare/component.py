@@ -33,7 +33,8 @@ def prepare_dataset(
         holdout_fraction: Share of the newest rows held out for candidate vs production.
         window: expanding (all history), sliding (last `window_days`), or weighted (rows weighted by age with `half_life_days`).
         window_days: Length of a sliding window, in days before the holdout starts.
-        split: recent_feedback, or time_series for time-ordered data.
+        split: recent_feedback (the holdout is one in two of the newest feedback rows), time_series for time-ordered data, or random
+            (a seeded draw of the feedback, for rows that do not depend on time).
 
     Returns:
         train: Parquet rows to train on (old data, then older feedback, within the window).

@@ -2,18 +2,22 @@
 
 The holdout is the most recent slice: the data the next model will meet, on which
 candidate and production are compared. With `split="recent_feedback"` (the default) it is
-the newest labelled feedback; with `split="time_series"` (time-ordered data, e.g. a market
+one in two of the newest labelled feedback rows (twice as many as it holds), so that the
+candidate also learns from the days it is judged on; with `split="time_series"` (time-ordered data, e.g. a market
 model) it is the newest rows of all data, and every training row is older than every
-holdout row. Everything older trains, within the window (see `windows`).
+holdout row; with `split="random"` (rows that do not depend on time) a seeded draw of the
+feedback. Everything else trains, within the window (see `windows`).
 
-The original test set stays fixed: the production model's `test_data.parquet`, carried
-from version to version; the first time there is none, this run's holdout becomes it.
+The guard set (the test set) is the production model's `test_data.parquet`, carried from
+version to version until the evaluation retires it because the concept moved (then the
+holdout replaces it); the first time there is none, this run's holdout becomes it.
 No row id may be in training and in the holdout or the test set (the leak check).
 
 Labels are text in every file written here (`dataset.label_text`): a first training set
 with integer labels and feedback with text corrections make one label column, and a
 row without a usable label in the stored data is one clear error, not a pyarrow crash.
-Feedback without a correction (null or empty label) is simply not a training row.
+Feedback without a correction (null or empty label) is not a training row, except for a
+two-class model, where a "wrong" names the other class.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +40,8 @@ from feedback_loop.prepare import windows
 log = logging.getLogger(__name__)
 
 MIN_HOLDOUT_ROWS = 10
-RECENT_FEEDBACK, TIME_SERIES = "recent_feedback", "time_series"
-SPLITS = (RECENT_FEEDBACK, TIME_SERIES)
+RECENT_FEEDBACK, TIME_SERIES, RANDOM = "recent_feedback", "time_series", "random"
+SPLITS = (RECENT_FEEDBACK, TIME_SERIES, RANDOM)
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,18 @@ def load_pixels(uri: str) -> bytes:
     return np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
-def labelled_feedback(feedback_path: Path, with_pixels: bool) -> pd.DataFrame:
+def labelled_feedback(feedback_path: Path, with_pixels: bool, classes: Sequence[str] = ()) -> pd.DataFrame:
+    """The feedback rows with a label. With exactly two `classes`, a plain thumbs-down names
+    the label too (the other class): without it the rows where production erred would be
+    under-represented, and every holdout would flatter production."""
     rows = pd.read_parquet(feedback_path)
     rows[LABEL] = label_text(rows, f"feedback {Path(feedback_path).name}", missing_ok=True)
+    if len(classes) == 2 and "is_correct" in rows and "predicted_label" in rows:
+        other = dict(zip(classes, reversed(classes)))
+        implied = rows[LABEL].isna() & (rows["is_correct"] == False) & rows["predicted_label"].isin(classes)  # noqa: E712
+        rows.loc[implied, LABEL] = rows.loc[implied, "predicted_label"].map(other)
+        if implied.any():
+            log.info("%d plain thumbs-down of a two-class model labelled with the other class", int(implied.sum()))
     rows = rows[rows[LABEL].notna()].copy()
     if with_pixels:
         missing = rows["input_uri"].isna()
@@ -92,7 +106,8 @@ def prepare(
     windows.check(window, window_days, 1.0)
     old = read_labelled_rows(reference, "the production model's training data") if reference else pd.DataFrame()
     with_pixels = PIXELS in old.columns or (old.empty and _has_input_uris(feedback_path))
-    new = labelled_feedback(feedback_path, with_pixels).sort_values([CREATED_AT, ID], kind="stable")
+    classes = sorted(old[LABEL].dropna().unique()) if LABEL in old.columns else []
+    new = labelled_feedback(feedback_path, with_pixels, classes).sort_values([CREATED_AT, ID], kind="stable")
     if split == TIME_SERIES:
         pool = pd.concat([old, new], ignore_index=True) if not old.empty else new
         pool = pool.drop_duplicates(subset=[ID], keep="last").sort_values([CREATED_AT, ID], kind="stable")
@@ -104,14 +119,29 @@ def prepare(
             f"only {len(new)} {what}: at least {int(np.ceil(MIN_HOLDOUT_ROWS / holdout_fraction))} are needed "
             "for a holdout; collect more feedback or lower holdout_fraction"
         )
-    holdout, recent_train = new.iloc[len(new) - n_holdout :], new.iloc[: len(new) - n_holdout]
+    if split == RANDOM:
+        # Rows that do not depend on time: a seeded draw, so every day (the newest ones, where a
+        # change shows, too) teaches the candidate and judges it.
+        held = new.sample(n=n_holdout, random_state=0).index
+        holdout, recent_train = new.loc[new.index.isin(held)], new.loc[~new.index.isin(held)]
+    elif split == RECENT_FEEDBACK:
+        # One in two of the newest 2n rows: the holdout still describes the present, and the
+        # candidate learns from the present too (a concept that moved yesterday is in both).
+        newest = np.arange(len(new) - min(2 * n_holdout, len(new)), len(new))
+        held = newest[::-1][: 2 * n_holdout : 2] if 2 * n_holdout <= len(new) else newest[-n_holdout:]
+        mask = np.zeros(len(new), dtype=bool)
+        mask[held] = True
+        holdout, recent_train = new.iloc[mask], new.iloc[~mask]
+    else:
+        holdout, recent_train = new.iloc[len(new) - n_holdout :], new.iloc[: len(new) - n_holdout]
     train = pd.concat([old, recent_train], ignore_index=True) if not old.empty else recent_train
     train = train.drop_duplicates(subset=[ID], keep="last")
     test = read_labelled_rows(original_test, "the original test set") if original_test else holdout
     # Rows of the fixed test set never train, even when they came back as feedback.
     train = train[~train[ID].isin(set(test[ID]))]
     before = len(train)
-    train = windows.select(train, window, window_days, end=pd.to_datetime(holdout[CREATED_AT], utc=True).min())
+    end = pd.to_datetime((holdout if split == TIME_SERIES else new)[CREATED_AT], utc=True)
+    train = windows.select(train, window, window_days, end=end.min() if split == TIME_SERIES else end.max())
     assert_disjoint(train, holdout)
     assert_disjoint(train, test, "test")
     if split == TIME_SERIES:

@@ -1,2 +1,2 @@
-INSERT INTO retrain_runs (model_name, run_name, retrain, reasons, stats)
-VALUES (%(model_name)s, %(run_name)s, %(retrain)s, %(reasons)s, %(stats)s)
+INSERT INTO retrain_runs (started_at, model_name, run_name, retrain, reasons, stats)
+VALUES (%(started_at)s, %(model_name)s, %(run_name)s, %(retrain)s, %(reasons)s, %(stats)s)
