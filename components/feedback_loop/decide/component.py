@@ -26,7 +26,7 @@ def decide_retrain(
     min_new_data_share: float = 0.20,
     max_model_age_days: float = 90.0,
     rules: list[str] = ["performance", "first_model"],  # noqa: B006
-    performance_margin: float = 0.10,
+    performance_margin: float = 0.05,
     performance_alpha: float = 0.05,
     run_name: str = "",
 ) -> bool:
@@ -62,7 +62,7 @@ def decide_retrain(
         max_model_age_days: model_age: retrain a model older than this many days.
         rules: The enabled retrain rules: performance and first_model by default; any registered rule may be named.
         performance_margin: performance: retrain when production's error on fresh feedback exceeds its
-            validated error by more than this share of it (0.1 = 10 % worse).
+            validated error by more than this share of it (0.05 = 5 % worse).
         performance_alpha: performance: level of the one-sided test that the fresh error is above the
             validated error plus the margin.
         run_name: The pipeline run, recorded with the decision.
