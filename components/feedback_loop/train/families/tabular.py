@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from feedback_loop.train.families import columns
+import feedback_loop.train.families.columns as columns
 from feedback_loop.train.families.base import Classifier, Family
 
 TABULAR_CLASSIFIER = "tabular_classifier"
