@@ -256,13 +256,13 @@ def test_check_gives_the_components_decision(database_url: str, tmp_path: Path, 
 def test_a_recent_change_is_caught_before_the_whole_window_catches_up(tmp_path: Path, database_url: str) -> None:
     uri = version_dir(tmp_path, {"metric": "error_rate", "value": 0.1, "rows": 1000})
     # Three weeks at the validated 10 %, then one day at 25 %: diluted in the whole window (11 %).
-    calm = pd.concat([answers(300, 30, NOW - timedelta(days=d)) for d in range(21, 0, -1)])
-    signals, decision = decide(tmp_path, pd.concat([calm, answers(300, 75, NOW - timedelta(hours=2))]), uri, database_url)
-    # (The bad day's answers may straddle midnight: the window that fires is the last day or two.)
+    # Each day's answers lie within its calendar day (the windows count days), yesterday last.
+    yesterday = NOW.replace(hour=1, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    calm = pd.concat([answers(300, 30, yesterday - timedelta(days=d)) for d in range(21, 0, -1)])
+    signals, decision = decide(tmp_path, pd.concat([calm, answers(300, 75, yesterday)]), uri, database_url)
     test = decision.to_dict()["evidence"]["test"]
-    assert decision.retrain and f"({test['window']})" in decision.fired[0].detail
-    assert test["window"] in ("last 1 day", "last 2 days") and test["windows_tested"] in (5, 6)
-    assert test["p_value"] < 0.05 / test["windows_tested"]
+    assert decision.retrain and "(last 1 day)" in decision.fired[0].detail
+    assert test["window"] == "last 1 day" and test["windows_tested"] == 6 and test["p_value"] < 0.05 / 6
     # The same three calm weeks alone: no window fires, at the level split across them.
     _, calm_decision = decide(tmp_path, calm, uri, database_url)
     assert not calm_decision.retrain
