@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feedback_loop import storage
@@ -95,7 +96,8 @@ def read_baseline(production_model_uri: str) -> tuple[Baseline | None, str, str]
         return None, f"production {version} records no validated error (no 'validation' in {LINEAGE_FILE}, no {REFERENCE_PREDICTIONS_FILE})", created_at
     if lineage.get("task") == "ranking":
         return None, f"production {version} is a recommender: its lineage records no validated error", created_at
-    frame = pq.read_table(pa_source(predictions_uri), columns=["label", "predicted_label"]).to_pandas()
+    # A small file (the validation rows): read whole, through the store's one API for file:// and gs://.
+    frame = pq.read_table(pa.BufferReader(storage.read_bytes(predictions_uri)), columns=["label", "predicted_label"]).to_pandas()
     frame = frame.dropna()
     if frame.empty:
         return None, f"{REFERENCE_PREDICTIONS_FILE} of {version} has no labelled row", created_at
@@ -108,14 +110,6 @@ def read_baseline(production_model_uri: str) -> tuple[Baseline | None, str, str]
         return Baseline("mse", sample, REFERENCE_PREDICTIONS_FILE, version), "", created_at
     wrong = int((frame["label"].astype(str) != frame["predicted_label"].astype(str)).sum())
     return Baseline("error_rate", Sample.rate(wrong, len(frame)), REFERENCE_PREDICTIONS_FILE, version), "", created_at
-
-
-def pa_source(uri: str):
-    if uri.startswith("gs://"):
-        import pyarrow as pa
-
-        return pa.BufferReader(storage.read_bytes(uri))
-    return storage.local_path(uri)
 
 
 def last_attempt(dsn: str, model_name: str, after: str | None) -> Attempt | None:
