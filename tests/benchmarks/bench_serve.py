@@ -28,6 +28,8 @@ import numpy as np  # noqa: E402
 
 from serving_helpers import ModelServerProcess, free_port  # noqa: E402
 
+from feedback_loop.layout import COMPLETE_MARKER  # noqa: E402
+
 REQUESTS = {1: 400, 32: 150}
 LOAD_SECONDS = 4.0
 CLIENTS = 4
@@ -75,6 +77,7 @@ def export(root: Path) -> Path:
     archive.write_out(str(version / "saved_model" / "1"), verbose=False)
     model.save(version / "model.keras")
     (version / "lineage.json").write_text(json.dumps({"version": "bench-v1", "classes": ["cat", "dog"], "input_name": "pixels"}))
+    (version / COMPLETE_MARKER).write_bytes(b"")  # as publishing leaves it: `serve` refuses a version without it
     return version
 
 
