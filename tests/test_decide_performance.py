@@ -50,10 +50,13 @@ def write(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def decide(tmp_path: Path, frame: pd.DataFrame, uri: str, dsn: str | None = None, policy: core.Policy = POLICY, **stats):
+def decide(
+    tmp_path: Path, frame: pd.DataFrame, uri: str, dsn: str | None = None, policy: core.Policy = POLICY,
+    baseline_days: float = 0.0, **stats,
+):
     signals = gather.signals(
         {"training_rows": 1000, **stats}, is_drift=False, feedback_path=write(frame, tmp_path / "f.parquet"),
-        production_model_uri=uri, model_name="m", dsn=dsn,
+        production_model_uri=uri, model_name="m", dsn=dsn, baseline_days=baseline_days,
     )
     return signals, core.decide(signals, policy)
 
@@ -81,6 +84,30 @@ def test_performance_fires_just_above_its_threshold_and_holds_just_below() -> No
     assert evidence.worse_than(Sample.rate(first - 5, 1000), base, 0.0, 0.05, "error_rate").fired
 
 
+def test_the_baseline_pools_production_first_days_of_service_once_they_are_over(tmp_path: Path) -> None:
+    # Validated at 16 % on 300 rows (a pessimistic draw); in service it answered 10 % wrong for
+    # its first two days; today 18 % wrong: a real fall the validation alone cannot see.
+    created = NOW - timedelta(days=5)
+    uri = version_dir(tmp_path, {"metric": "error_rate", "value": 0.16, "rows": 300}, created_at=created.isoformat())
+    first = answers(1000, 100, created + timedelta(hours=1)).assign(model_version="v1")
+    other = answers(500, 400, created + timedelta(hours=2), label="dog").assign(model_version="v0")  # the previous version
+    today = answers(600, 108, NOW - timedelta(hours=12)).assign(model_version="v1")
+    frame = pd.concat([first, other.assign(is_correct=None), today], ignore_index=True)
+    signals, alone = decide(tmp_path, frame, uri)
+    assert not alone.retrain and signals.evidence.baseline.validated is None
+    signals, pooled = decide(tmp_path, frame, uri, baseline_days=2)
+    b = signals.evidence.baseline
+    assert b.validated == Sample.rate(48, 300) and b.sample.rows == 1300  # v0's answers are not production's
+    assert b.sample.mean == pytest.approx((48 + 100) / 1300)
+    assert pooled.retrain and pooled.fired[0].name == "performance"
+    e = pooled.to_dict()["evidence"]["baseline"]
+    assert e["validated"] == {"value": pytest.approx(0.16), "rows": 300} and "first 2 days of service (10.0% on 1000)" in e["source"]
+    # Days not over yet: the validated error alone (a baseline must not contain the window it judges).
+    young = version_dir(tmp_path, {"metric": "error_rate", "value": 0.16, "rows": 300}, created_at=(NOW - timedelta(days=1)).isoformat())
+    signals, _ = decide(tmp_path, today.assign(feedback_at=NOW - timedelta(hours=1)), young, baseline_days=2)
+    assert signals.evidence.baseline.validated is None and signals.evidence.baseline.sample.rows == 300
+
+
 def test_min_feedback_is_the_fewest_answers_judged(tmp_path: Path) -> None:
     uri = version_dir(tmp_path, {"metric": "error_rate", "value": 0.1, "rows": 1000})
     _, short = decide(tmp_path, answers(99, 60, NOW - timedelta(days=1)), uri)
@@ -98,7 +125,7 @@ def test_a_stationary_error_never_fires_and_the_decision_states_its_evidence(tmp
     assert e["fresh"]["rows"] == 5000 and e["fresh"]["interval"][0] < 0.104 < e["fresh"]["interval"][1]
     assert e["test"]["p_value"] > 0.05 and e["test"]["threshold"] == pytest.approx(0.11)
     text = decision.to_markdown()
-    assert "## Evidence for the payoff" in text and "| production, validated (lineage.json) | 10.0% |" in text
+    assert "## Evidence for the payoff" in text and "| production, baseline (lineage.json) | 10.0% |" in text
     assert "One-sided z (Agresti-Caffo)" in text and "p = " in text
     assert not any(isinstance(v, float) and np.isnan(v) for v in json.loads(json.dumps(e)).get("test", {}).values())
 

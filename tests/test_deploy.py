@@ -122,12 +122,14 @@ def requests_to(server: ApiServerThread) -> list[tuple[kmock.action, str]]:
 def test_inference_service_is_valid_against_the_crd(strict_validator: Validator, canary: int | None) -> None:
     manifest = isvc.inference_service(
         "cats-vs-dogs", "ml", "gs://bucket/models/cats-vs-dogs/v1/saved_model", canary_percent=canary,
-        runtime="kserve-tensorflow-serving", service_account="model-reader", annotations={"a.b/c": "d"},
+        service_account="model-reader", annotations={"a.b/c": "d"},
     )
     strict_validator.validate(manifest)
     predictor = manifest["spec"]["predictor"]
     assert manifest["apiVersion"] == "serving.kserve.io/v1beta1" and manifest["kind"] == "InferenceService"
-    assert predictor["model"]["modelFormat"] == {"name": "tensorflow"}
+    # Our ServingRuntime (manifests/serving-runtime.yaml) serves this format, for every family.
+    assert predictor["model"]["modelFormat"] == {"name": "feedback-loop", "version": "1"}
+    assert predictor["model"]["runtime"] == "feedback-loop-serve"
     assert predictor["model"]["storageUri"].endswith("/v1/saved_model")
     assert predictor["model"]["resources"]["requests"] and predictor["serviceAccountName"] == "model-reader"
     assert predictor.get("canaryTrafficPercent") == canary and "canaryTrafficPercent" not in manifest["spec"]

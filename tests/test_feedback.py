@@ -117,6 +117,8 @@ def test_every_exclusion_reason_is_counted(conn, tmp_path: Path) -> None:
             ("conf-high", NOW - DAY, {"x": 4.0}, "cat", 1.7, True),
             ("conf-low", NOW - DAY, {"x": 4.0}, "cat", -0.1, True),
             ("conf-nan", NOW - DAY, {"x": 4.0}, "cat", float("nan"), True),
+            ("latency-nan", NOW - DAY, {"x": 4.0}, "cat", 0.5, True, float("nan")),
+            ("latency-inf", NOW - DAY, {"x": 4.0}, "cat", 0.5, True, float("-inf")),
             ("null-answer", NOW - DAY, {"x": 5.0}, None, 0.5, True),
             ("blank-answer", NOW - DAY, {"x": 5.0}, "  ", 0.5, True),
             ("unknown-answer", NOW - DAY, {"x": 6.0}, "hamster", 0.5, True),
@@ -143,6 +145,7 @@ def test_every_exclusion_reason_is_counted(conn, tmp_path: Path) -> None:
         "no_consent": 2,
         "future_timestamp": 2,  # one prediction, one feedback
         "confidence_out_of_range": 3,
+        "non_finite_latency": 2,
         "null_label": 2,  # null and blank answers
         "unknown_label": 1,  # a predicted hamster
         "unknown_prediction": 2,

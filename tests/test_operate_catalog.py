@@ -73,8 +73,11 @@ def test_every_output_is_documented() -> None:
     sorted(COMPONENTS),
 )
 def test_every_component_sets_up_logging(name: str) -> None:
-    # logs.setup() is what makes RETRAIN_LOG_LEVEL count inside the task's process.
-    assert "logs.setup()" in inspect.getsource(COMPONENTS[name].python_func)
+    # logs.setup(log_level) makes the pipeline's log_level parameter count inside the task's process
+    # (KFP cannot set a task's environment from a parameter).
+    source = inspect.getsource(COMPONENTS[name].python_func)
+    assert "logs.setup(log_level" in source
+    assert COMPONENTS[name].component_spec.inputs["log_level"].default == "INFO"
 
 
 def test_logs_setup_honours_retrain_log_level(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -97,6 +97,17 @@ def test_retrained_but_not_blessed_says_production_keeps_serving(conn) -> None:
     assert text[1:] == ["retrained: input_drift: drift detected", "not blessed: the candidate did not beat production; production keeps serving"]
 
 
+def test_a_dry_run_is_not_called_not_blessed(conn, database_url: str) -> None:
+    decision(conn, "run-1", True, ["input_drift: drift detected"])
+    # Before: "not blessed: the candidate did not beat production", whatever the evaluation said.
+    outcome, _ = notify.notify(MODEL, "run-1", "SUCCEEDED", "", database_url, None, dry_run=True)
+    assert notify.lines(outcome)[1:] == [
+        "retrained: input_drift: drift detected",
+        "dry run: the candidate was trained and evaluated (see evaluate_model's verdict); nothing was published or deployed;"
+        " production keeps serving",
+    ]
+
+
 def test_notify_posts_slack_json(conn, database_url: str, webhook: Webhook) -> None:
     decision(conn, "run-1", True, ["forced"])
     move(conn, "v2", "canary_started", 10, "canary beside v1: 10 % for 24 h")

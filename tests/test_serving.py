@@ -167,3 +167,141 @@ def test_server_stops_on_sigterm(versions: Path) -> None:
     assert process.process.wait(timeout=30) is not None
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{process.url}/v2/health/ready", timeout=2)
+
+
+# --- capture, feedback, limits: a server writing to a real PostgreSQL -----------------------------
+
+
+@pytest.fixture(scope="module")
+def capture_dsn(postgres_server: str) -> Iterator[str]:
+    import uuid
+
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    from conftest import admin
+    from feedback_loop.feedback import store
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin(postgres_server, f'CREATE DATABASE "{name}"')
+    dsn = make_dsn(**{**parse_dsn(postgres_server), "dbname": name})
+    conn = store.connect(dsn)
+    store.migrate(conn)
+    conn.close()
+    yield dsn
+    admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def capturing(versions: Path, capture_dsn: str) -> Iterator[ModelServerProcess]:
+    env = {"DATABASE_URL": capture_dsn, "FEEDBACK_HMAC_KEY": "test-key"}
+    with ModelServerProcess(versions / "v1", args=["--max-rows", "256", "--max-body-bytes", str(1 << 20)], env=env) as running:
+        yield running
+
+
+def query(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def until(condition: Any, timeout: float = 15.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.05)
+
+
+def metric(server: ModelServerProcess, prefix: str) -> float:
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_every_prediction_is_captured_with_its_version_and_id(capturing: ModelServerProcess, capture_dsn: str) -> None:
+    import hmac
+
+    x = rows(5, seed=7)
+    request = urllib.request.Request(
+        f"{capturing.url}/v1/models/{capturing.name}:predict", json.dumps({"instances": x.tolist()}).encode(),
+        {"Content-Type": "application/json", "x-user-id": "alice@example.com", "x-consent": "false"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        body = json.loads(answer.read())
+    ids = [p["prediction_id"] for p in body["predictions"]]
+    assert body["model_version"] == "v1" and len(set(ids)) == 5
+    until(lambda: query(capture_dsn, "SELECT count(*) FROM predictions WHERE id = ANY(%s)", (ids,))[0][0] == 5)
+    stored = query(capture_dsn, "SELECT id, model_name, model_version, predicted_label, confidence, user_id, consent, features, latency_ms "
+                                "FROM predictions WHERE id = ANY(%s) ORDER BY id", (ids,))
+    digest = hmac.digest(b"test-key", b"alice@example.com", "sha256").hex()
+    for row, (pid, answer_row) in zip(stored, sorted(zip(ids, body["predictions"]))):
+        assert row[:4] == (pid, capturing.name, "v1", answer_row["label"])
+        assert row[4] == pytest.approx(max(answer_row["probabilities"].values()), rel=1e-5)
+        assert row[5] == digest and row[6] is False and set(row[7]) == {"f0", "f1", "f2", "f3"} and row[8] > 0
+
+    # v2 answers carry the ids as a tensor, and are captured too.
+    request_v2 = {"inputs": [{"name": "features", "shape": [2, FEATURES], "datatype": "FP32", "data": rows(2, seed=8).ravel().tolist()}]}
+    status, _, answer_v2 = post(f"{capturing.url}/v2/models/{capturing.name}/infer", request_v2)
+    (v2_ids,) = [o["data"] for o in answer_v2["outputs"] if o["name"] == "prediction_id"]
+    assert status == 200 and answer_v2["model_version"] == "v1" and len(set(v2_ids)) == 2
+    until(lambda: query(capture_dsn, "SELECT count(*) FROM predictions WHERE id = ANY(%s)", (v2_ids,))[0][0] == 2)
+
+    # The feedback endpoint writes the answer; an unknown id is kept (the extraction counts it as an orphan).
+    status, _, accepted = post(f"{capturing.url}/v1/feedback", {"prediction_id": ids[0], "is_correct": False, "corrected_label": "dog"})
+    assert status == 202 and accepted == {"prediction_id": ids[0], "accepted": True}
+    assert post(f"{capturing.url}/v1/feedback", {"prediction_id": "nobody-0", "is_correct": True})[0] == 202
+    assert post(f"{capturing.url}/v1/feedback", {"prediction_id": ids[0]})[0] == 400
+    until(lambda: len(query(capture_dsn, "SELECT 1 FROM feedback")) == 2)
+    assert query(capture_dsn, "SELECT prediction_id, is_correct, corrected_label FROM feedback ORDER BY id") == [
+        (ids[0], False, "dog"), ("nobody-0", True, None)]
+
+    assert metric(capturing, 'feedback_loop_captured_total{kind="predictions"') >= 7
+    assert metric(capturing, 'feedback_loop_captured_total{kind="feedback"') == 2
+    assert metric(capturing, "feedback_loop_capture_queue_rows{") == 0
+    assert metric(capturing, "feedback_loop_capture_dropped_total{") == 0
+    assert metric(capturing, 'feedback_loop_request_seconds_count{model_name="cats-vs-dogs",model_version="v1"}') >= 2
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+
+def test_a_hostile_client_meets_limits_and_short_errors(capturing: ModelServerProcess) -> None:
+    import http.client
+
+    url = f"{capturing.url}/v1/models/{capturing.name}:predict"
+    before = rss_kib(capturing.process.pid)
+    huge = b'{"instances": [' + b"[0.1, 0.2, 0.3, 0.4]," * 2_500_000 + b"[0,0,0,0]]}"  # 50 MB
+    conn = http.client.HTTPConnection("127.0.0.1", capturing.port, timeout=30)
+    try:
+        conn.request("POST", url.split(str(capturing.port), 1)[1], huge, {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        status, error = answer.status, json.loads(answer.read())["error"]
+    except (BrokenPipeError, ConnectionResetError):  # the server may close before the whole body is sent
+        status, error = 413, "over this server's limit (connection closed)"
+    finally:
+        conn.close()
+    assert status == 413 and "over this server's limit" in error
+    assert rss_kib(capturing.process.pid) - before < 50 * 1024, "the refused body was read into memory"
+
+    status, _, body = post(url, {"instances": rows(300).tolist()})
+    assert status == 413 and "300 rows in one request, over this server's limit of 256" in body["error"]
+
+    garbage = "[" * 200_000
+    request = urllib.request.Request(url, f'{{"instances": {garbage}'.encode(), {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    message = json.loads(refused.value.read())["error"]
+    assert refused.value.code == 400 and len(message) < 400
+    status, _, body = post(url, {"instances": [["x" * 100_000] * 4]})
+    assert status == 400 and len(body["error"]) < 400
+    log = capturing.output()
+    assert "Traceback" not in log and max(len(line) for line in log.splitlines()) < 1000

@@ -196,9 +196,13 @@ def test_data_hash_depends_on_rows_not_on_the_file(animals: pd.DataFrame, tmp_pa
     assert lineage.data_hash(dataset.write_parquet(changed, tmp_path / "c.parquet")) != lineage.data_hash(first)
 
 
-def test_git_sha_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_git_sha_comes_from_the_environment_else_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
     monkeypatch.delenv(lineage.GIT_SHA_ENV, raising=False)
-    assert lineage.git_sha() is None
+    # This test runs from a git checkout: the revision is its HEAD (an installed wheel has none: None).
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(lineage.__file__).parent, capture_output=True, text=True).stdout.strip()
+    assert lineage.git_sha() == (head or None)
     monkeypatch.setenv(lineage.GIT_SHA_ENV, "abc1234")
     assert lineage.code_lineage()["git_sha"] == "abc1234"
 
@@ -335,6 +339,16 @@ def test_component_interfaces() -> None:
         "half_life_days",
         "mixed_precision",
         "xla",
+        "log_level",
+        # workers > 1: the TrainJob launcher's inputs
+        "workers",
+        "model_store_uri",
+        "namespace",
+        "node_selector",
+        "tolerations",
+        "run_name",
+        "accelerator_type",
+        "accelerator_count",
     }
     assert {"candidate", "holdout", "test", "max_test_regression", "max_latency_ratio", "require_significant"} <= set(
         eval_spec.inputs

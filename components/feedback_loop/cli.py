@@ -23,6 +23,7 @@ import click
 from feedback_loop import logs, storage
 from feedback_loop.deploy.targets import TARGETS
 from feedback_loop.errors import FeedbackLoopError
+from feedback_loop.pipelines.parameters import pipeline_arguments  # noqa: F401 (public here too, as before)
 from feedback_loop.settings import Settings, load
 
 log = logging.getLogger("feedback_loop")
@@ -34,6 +35,16 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except FeedbackLoopError as err:
             click.echo(f"error: {err}", err=True)
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            sys.exit(2)
+        except Exception as err:
+            # A database driver's error anywhere below: its one-line class (the DSN withheld).
+            if not type(err).__module__.startswith(("psycopg2", "adbc_driver")):
+                raise
+            from feedback_loop.feedback import store
+
+            click.echo(f"error: {store.classify(err, '')}", err=True)
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 raise
             sys.exit(2)
@@ -64,19 +75,13 @@ def _database(settings: Settings) -> Iterator[Any]:
     """A connection to the feedback database (DATABASE_URL), closed on the way out."""
     from feedback_loop.feedback import store
 
-    conn = store.connect(_dsn(settings))
+    dsn = _dsn(settings)
+    conn = store.connect(dsn)
     try:
-        yield conn
+        with store.classified(dsn or ""):
+            yield conn
     finally:
         conn.close()
-
-
-def pipeline_arguments(settings: Settings) -> dict[str, Any]:
-    """The pipeline's parameters are settings of the same names."""
-    from feedback_loop.pipelines.retraining_pipeline import retraining_pipeline
-
-    names = retraining_pipeline.component_spec.inputs.keys()
-    return {name: getattr(settings, name) for name in names}
 
 
 @main.command()
@@ -107,62 +112,6 @@ def compile(  # noqa: A001 (the command's name)
             staged.write_text(staged.read_text().replace(f"{DEFAULT_REGISTRY}/", f"{registry.rstrip('/')}/"))
         shutil.move(staged, output)
     click.echo(f"wrote {output}")
-
-
-@main.command()
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("local_outputs"), show_default=True)
-@click.option("--fresh", is_flag=True, help="Forget earlier demo runs: new database, model store and traffic.")
-@click.option("--force", is_flag=True, default=None, help="Retrain whatever the signals say.")
-@click.option("--dry-run", is_flag=True, default=None, help="Train and evaluate, but neither publish nor deploy.")
-@click.pass_context
-def demo(ctx: click.Context, workdir: Path, fresh: bool, force: bool | None, dry_run: bool | None) -> None:
-    """Run the cats-vs-dogs loop on this machine (embedded PostgreSQL, kfp.local)."""
-    from feedback_loop import local
-    from feedback_loop.demo import scenario
-    from feedback_loop.feedback import store
-
-    workdir = workdir.resolve()
-    if fresh:
-        for part in ("postgres", "model-store", "inputs", "runs"):
-            shutil.rmtree(workdir / part, ignore_errors=True)
-    import os
-
-    settings = _settings(
-        ctx, deploy_target="local", model_store_uri=storage.normalize(str(workdir / "model-store")), force=force, dry_run=dry_run,
-        rules=None if os.environ.get("RETRAIN_RULES") else list(scenario.RULES),  # the demo's rules unless the environment names others
-    )
-    started = datetime.now(timezone.utc)
-    with local.database(workdir / "postgres") as dsn:
-        conn = store.connect(dsn)
-        try:
-            store.migrate(conn)
-            seeded = scenario.seed(conn, settings.model_store_uri, settings.model_name, workdir / "inputs")
-        finally:
-            conn.close()
-        if seeded:
-            click.echo(
-                f"seeded: production {seeded.production_version} trained on {seeded.training_rows} images; "
-                f"{seeded.predictions} predictions from a new camera, {seeded.feedback} answered, {seeded.negative} negative"
-            )
-        else:
-            click.echo("already seeded: no new traffic since the last run")
-        os.environ["DATABASE_URL"] = dsn  # what the Secret does on a cluster
-        os.environ.setdefault("FEEDBACK_HMAC_KEY", _local_hmac_key(workdir / "hmac-key"))
-        run_dir = local.run_pipeline(workdir / "runs", pipeline_arguments(settings))
-    summary = local.summarize(run_dir)
-    summary["wall_seconds"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
-    if summary["drift"]["report"] and Path(summary["drift"]["report"]).is_file():
-        # KFP names the artifact `report`; a copy with the .html suffix opens in any browser.
-        readable = workdir / "drift-report.html"
-        shutil.copyfile(summary["drift"]["report"], readable)
-        summary["drift"]["report_html"] = str(readable)
-    storage.write_bytes(storage.normalize(str(workdir / "last-run.json")), json.dumps(summary, indent=2, default=str).encode())
-    click.echo(local.render(summary))
-    if summary["drift"].get("report_html"):
-        click.echo(f"  drift      {summary['drift']['report_html']} (open in a browser)")
-    click.echo(f"  summary    {workdir / 'last-run.json'}")
-    if summary["status"] != "succeeded":
-        raise FeedbackLoopError(f"the run did not finish: {', '.join(summary['failed_tasks'])} failed; see the log above")
 
 
 @main.command()
@@ -218,20 +167,10 @@ def purge(ctx: click.Context, retention_days: int | None, dry_run: bool) -> None
 
     settings = _settings(ctx, retention_days=retention_days)
     with _database(settings) as conn:
-        counts = store.purge(conn, settings.retention_days, dry_run=dry_run)
+        counts = store.purge(conn, settings.retention_days, dry_run=dry_run, inputs_uri=settings.inputs_uri)
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {counts['predictions']} predictions and {counts['feedback']} feedback rows older than {settings.retention_days} days")
-
-
-def _local_hmac_key(path: Path) -> str:
-    """A key for local runs, made once and kept beside the demo's database (mode 600)."""
-    import secrets
-
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32))
-    return path.read_text().strip()
+    inputs = f", {counts['inputs']} raw inputs under {settings.inputs_uri}" if "inputs" in counts else ""
+    click.echo(f"{verb} {counts['predictions']} predictions and {counts['feedback']} feedback rows{inputs} older than {settings.retention_days} days")
 
 
 @main.command("render-isvc")
@@ -314,15 +253,28 @@ def schedule(ctx: click.Context, host, kfp_namespace, token, package, experiment
 @click.option("--name", default=None, help="Model name on the endpoints (default: the model_name setting).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 inside a pod).")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--max-body-bytes", default=4 << 20, show_default=True, type=click.IntRange(1024), help="Larger request bodies get 413.")
+@click.option("--max-rows", default=1024, show_default=True, type=click.IntRange(1), help="More rows per request get 413.")
+@click.option("--capture/--no-capture", default=True, show_default=True, help="Write each prediction to the feedback store (needs DATABASE_URL).")
+@click.option("--capture-queue-rows", default=10_000, show_default=True, type=click.IntRange(1), help="Rows waiting for the database, at most; more are dropped and counted.")
 @click.pass_context
-def serve(ctx: click.Context, model_dir: Path, name: str | None, host: str, port: int) -> None:
-    """Serve a published version (v1 and v2 REST, /metrics) with KServe's ModelServer; one without its _COMPLETE marker is refused."""
+def serve(ctx: click.Context, model_dir: Path, name: str | None, host: str, port: int, max_body_bytes: int, max_rows: int,
+          capture: bool, capture_queue_rows: int) -> None:
+    """Serve a published version (v1 and v2 REST, /v1/feedback, /metrics) with KServe's ModelServer; one without its _COMPLETE marker is refused."""
+    import os
+
+    from feedback_loop.feedback.pseudonyms import HMAC_KEY_ENV
+    from feedback_loop.serving.capture import CaptureConfig
     from feedback_loop.serving.model import require_complete
     from feedback_loop.serving.server import serve as run_server
 
     settings = _settings(ctx)
     require_complete(model_dir)
-    run_server(model_dir, name or settings.model_name, host, port, settings.log_level)
+    run_server(
+        model_dir, name or settings.model_name, host, port, settings.log_level,
+        capture=CaptureConfig(dsn=_dsn(settings) if capture else None, queue_rows=capture_queue_rows),
+        max_body_bytes=max_body_bytes, max_rows=max_rows, hmac_key=os.environ.get(HMAC_KEY_ENV) or None,
+    )
 
 
 @main.command()
@@ -390,10 +342,19 @@ def report(ctx: click.Context, output: Path, days: int) -> None:
     settings = _settings(ctx)
     with _database(settings) as conn:
         history = page.load(conn, settings.model_name, days)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(page.render(history))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(page.render(history))
+    except OSError as err:
+        raise FeedbackLoopError(f"cannot write {output} ({err.strerror or type(err).__name__}): pass a writable path to --output") from None
     click.echo(f"wrote {output} ({len(history.runs)} runs, {len(history.deployments)} deployment steps)")
 
+
+# The loop on this machine and bringing your own model: demo, run, adopt.
+from feedback_loop.cli_local import adopt, demo, run  # noqa: E402 (registered on the group built above)
+
+for _command in (demo, run, adopt):
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

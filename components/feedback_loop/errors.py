@@ -27,3 +27,15 @@ class ModelNotFound(FeedbackLoopError):
 
 class DeploymentError(FeedbackLoopError):
     """The serving target refused or cannot take the rollout."""
+
+
+class DatabaseUrlInvalid(SettingsError):
+    """DATABASE_URL cannot be parsed (named by the part that is wrong, never by its value)."""
+
+
+class DatabaseAuthFailed(FeedbackLoopError):
+    """The feedback database refused the login: not retried, no retry would change it."""
+
+
+class DatabaseLost(FeedbackLoopError):
+    """The feedback database stopped answering, or went away, in the middle of the work."""

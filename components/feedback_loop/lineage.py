@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
+import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +21,14 @@ import pyarrow.parquet as pq
 
 from feedback_loop import __version__
 from feedback_loop.dataset import CREATED_AT, ID
+from feedback_loop.errors import ModelNotFound
 
 GIT_SHA_ENV = "FEEDBACK_LOOP_GIT_SHA"
 IMAGE_ENV = "FEEDBACK_LOOP_IMAGE"  # set on the task by the pipeline (the registry rewrite reaches it)
 # The distributions whose versions change what a trained model computes or how it is read.
 DEPENDENCIES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "scikit-learn", "kfp")
 _BATCH_ROWS = 65_536
+SCHEMA_FILE = Path(__file__).resolve().parent / "lineage.schema.json"  # the documented contract of lineage.json
 
 
 class _HashSink:
@@ -78,8 +83,23 @@ def package_version() -> str:
 
 
 def git_sha() -> str | None:
-    """The source revision, when the build set FEEDBACK_LOOP_GIT_SHA (images do)."""
-    return os.environ.get(GIT_SHA_ENV) or None
+    """The source revision: FEEDBACK_LOOP_GIT_SHA (the images' build argument), else the commit
+    of the git checkout the package runs from (a local run); None otherwise, when the package
+    version (`package_version`) is the revision recorded."""
+    return os.environ.get(GIT_SHA_ENV) or _checkout_sha()
+
+
+@cache
+def _checkout_sha() -> str | None:
+    source = Path(__file__).resolve().parent
+    if not any((parent / ".git").exists() for parent in source.parents):
+        return None  # an installed wheel: no checkout to ask
+    try:
+        answer = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = answer.stdout.strip()
+    return sha if answer.returncode == 0 and len(sha) == 40 else None
 
 
 def image() -> str | None:
@@ -105,3 +125,27 @@ def code_lineage() -> dict[str, Any]:
         "image": image(),
         "dependencies": dependency_versions(),
     }
+
+
+@cache
+def _validator() -> Any:
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate(lineage: Any, where: str) -> dict[str, Any]:
+    """`lineage` when it meets lineage.schema.json; else ModelNotFound naming the first field at fault."""
+    errors = sorted(_validator().iter_errors(lineage), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if not errors:
+        return lineage
+    error = errors[0]
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "required":
+        missing = next(f for f in error.validator_value if f not in error.instance)
+        field = f"{path}.{missing}" if path else missing
+        problem = f"missing field '{field}'"
+    else:
+        problem = f"field '{path or '(top)'}': {error.message}"
+    raise ModelNotFound(f"{where} is not a valid lineage record ({problem}); see {SCHEMA_FILE.name} for the fields a version needs")

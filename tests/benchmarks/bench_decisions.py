@@ -66,7 +66,7 @@ DRIFT_AT = 0.4  # share of the periods after which the concept (or the benign sh
 TOLERANCE = 0.01  # 1 point
 # What a tabular user sets; everything else is the loop's default.
 LOOP_SETTINGS = {"family": "tabular_classifier", "rollout_steps": [100], "bake_hours": [], "deploy_target": "local", "window": "weighted", "half_life_days": 1.0, "strategy": "scratch",
-                 "epochs": 20}
+                 "epochs": 20, "batch_size": 128, "learning_rate": 2e-3}
 log = logging.getLogger("bench.decisions")
 
 

@@ -52,7 +52,7 @@ def check(
         signals = gather.signals(
             stats.metrics(), is_drift=is_drift, rollout_in_progress=production["rollout_in_progress"], force=settings.force,
             drift=drifted.metrics(), feedback_path=current, production_model_uri=production["production_model_uri"],
-            model_name=settings.model_name, dsn=dsn,
+            model_name=settings.model_name, dsn=dsn, baseline_days=settings.baseline_days,
         )
     decision = core.decide(signals, policy_of(settings))
     return {

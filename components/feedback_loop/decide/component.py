@@ -28,7 +28,9 @@ def decide_retrain(
     rules: list[str] = ["performance", "first_model"],  # noqa: B006
     performance_margin: float = 0.05,
     performance_alpha: float = 0.05,
+    baseline_days: float = 2.0,
     run_name: str = "",
+    log_level: str = "INFO",
 ) -> bool:
     """Decides whether to retrain from the feedback statistics, drift and the rollout in progress.
 
@@ -65,7 +67,11 @@ def decide_retrain(
             validated error by more than this share of it (0.05 = 5 % worse).
         performance_alpha: performance: level of the one-sided test that the fresh error is above the
             validated error plus the margin.
+        baseline_days: performance: production's baseline pools its validated error with its own
+            answers over its first this many days of service, once they are over (a validation split
+            alone is too few rows); 0: the validated error alone.
         run_name: The pipeline run, recorded with the decision.
+        log_level: DEBUG, INFO, WARNING or ERROR; every process honours it.
 
     Returns:
         decision: The evidence for the payoff (validated vs fresh error, interval, sizes, p-value),
@@ -78,12 +84,12 @@ def decide_retrain(
     from feedback_loop import logs
     from feedback_loop.decide import core, gather
 
-    logs.setup()
+    logs.setup(log_level)
     dsn = os.environ.get("DATABASE_URL") or None
     signals = gather.signals(
         stats.metadata, is_drift=is_drift, rollout_in_progress=rollout_in_progress, force=force,
         drift=drift_metrics.metadata, feedback_path=feedback.path, production_model_uri=production_model_uri,
-        model_name=model_name, dsn=dsn,
+        model_name=model_name, dsn=dsn, baseline_days=baseline_days,
     )
     policy = core.Policy.of(locals())  # the parameters carry the policy's names
     result = core.decide(signals, policy)

@@ -76,7 +76,7 @@ class Decision:
 
 
 def _evidence_lines(e: dict[str, Any]) -> list[str]:
-    """The payoff: production's validated error vs its fresh error, interval, sizes and the test."""
+    """The payoff: production's baseline error vs its fresh error, interval, sizes and the test."""
     if not e:
         return []
     lines = ["## Evidence for the payoff", ""]
@@ -90,14 +90,14 @@ def _evidence_lines(e: dict[str, Any]) -> list[str]:
     pct = b["metric"] == "error_rate"
     fmt = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.4g}")
     lines += ["| | " + ev.label(b["metric"]) + " | interval | rows |", "|---|---|---|---|",
-              f"| production, validated ({b['source']}) | {fmt(b['value'])} | | {b['rows']} |"]
+              f"| production, baseline ({b['source']}) | {fmt(b['value'])} | | {b['rows']} |"]
     for key, name in (("fresh", "fresh feedback (window)"), ("since_attempt", "fresh feedback since the attempt")):
         if f := e.get(key):
             lo, hi = f["interval"]
             lines.append(f"| {name} | {fmt(f['value'])} | [{fmt(lo)}, {fmt(hi)}] ({f['level']:.0%}) | {f['rows']} |")
     lines.append("")
     if t := e.get("test"):
-        lines += [f"One-sided {t['name']} of H0 fresh ≤ {fmt(t['threshold'])} (validated + {t['margin']:.0%}) on {t['rows']} rows: "
+        lines += [f"One-sided {t['name']} of H0 fresh ≤ {fmt(t['threshold'])} (baseline + {t['margin']:.0%}) on {t['rows']} rows: "
                   f"statistic {t['statistic']:.3g}, p = {t['p_value']:.3g} ({'<' if t['significant'] else '≥'} {t['alpha']:g}).", ""]
     return lines
 

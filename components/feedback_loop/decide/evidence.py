@@ -56,6 +56,15 @@ class Sample:
             return None
         return cls(float(values["mean"]), float(values["variance"]), int(values["rows"]))
 
+    def pooled(self, other: "Sample") -> "Sample":
+        """Both samples as one: the mean over all rows, the variance about that mean."""
+        rows = self.rows + other.rows
+        if rows == 0:
+            return self
+        mean = (self.mean * self.rows + other.mean * other.rows) / rows
+        second = ((self.variance + self.mean**2) * self.rows + (other.variance + other.mean**2) * other.rows) / rows
+        return Sample(mean, max(second - mean * mean, 0.0), rows)
+
     def interval(self, metric: str, level: float) -> tuple[float, float]:
         """Two-sided interval of the mean at `level`; (0, 0) without rows."""
         from scipy import stats  # here: settings import the rules, and need no scipy
@@ -75,12 +84,14 @@ class Sample:
 
 @dataclass(frozen=True)
 class Baseline:
-    """Production's validated error: from its lineage, or recomputed from its validation predictions."""
+    """Production's validated error (from its lineage, or recomputed from its validation predictions),
+    possibly pooled with its answers over its first days of service (`validated` keeps the former)."""
 
     metric: str  # "error_rate" or "mse"
     sample: Sample
-    source: str  # "lineage.json" or "reference_predictions.parquet"
+    source: str  # "lineage.json" or "reference_predictions.parquet" (+ its first days of service)
     version: str = ""
+    validated: Sample | None = None  # the validation alone, when `sample` pools the first days of service
 
 
 @dataclass(frozen=True)
@@ -201,6 +212,8 @@ def summary(e: Evidence, margin: float, alpha: float) -> dict[str, Any]:
         return out
     level = 1 - 2 * alpha
     out["baseline"] = {"metric": b.metric, "value": b.sample.mean, "rows": b.sample.rows, "source": b.source, "version": b.version}
+    if b.validated is not None:
+        out["baseline"]["validated"] = {"value": b.validated.mean, "rows": b.validated.rows}
     for name, sample in (("fresh", e.fresh), ("since_attempt", e.since_attempt if e.attempt else None)):
         if sample is not None:
             lo, hi = sample.interval(b.metric, level)

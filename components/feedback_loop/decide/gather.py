@@ -1,6 +1,13 @@
 """The decision's inputs, gathered once for the component and `feedback-loop check` alike:
-the feedback metrics, the drift metrics, production's validated error (model store), the
-fresh errors (the feedback extract) and the last fruitless attempt (the run history).
+the feedback metrics, the drift metrics, production's baseline error (model store, pooled
+with its first days of service), the fresh errors (the feedback extract) and the last
+fruitless attempt (the run history).
+
+The baseline. A validation split is a few hundred rows: its error is known to a few points,
+and that noise alone moves every trigger by days (a pessimistic draw hides a real fall, an
+optimistic one invents one). Like a reference period (NannyML's term), production's own
+answers over its first `baseline_days` of service, once those days are over, join the
+validation rows; the validated figure stays in the record beside the pooled one.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from feedback_loop.decide.signals import Signals
 from feedback_loop.layout import LINEAGE_FILE, REFERENCE_PREDICTIONS_FILE
 
 log = logging.getLogger(__name__)
-_COLUMNS = ("is_correct", "label", "predicted_label", "feedback_at")
+_COLUMNS = ("is_correct", "label", "predicted_label", "feedback_at", "model_version")
 
 
 def signals(
@@ -38,9 +45,11 @@ def signals(
     production_model_uri: str = "",
     model_name: str = "",
     dsn: str | None = None,
+    baseline_days: float = 0.0,
 ) -> Signals:
     """Every figure the rules read. Without `dsn` no attempt is remembered; without
-    `feedback_path` the fresh error rate comes from the metrics' answer counts."""
+    `feedback_path` the fresh error rate comes from the metrics' answer counts; with
+    `baseline_days` > 0 the baseline pools production's answers of its first days (see above)."""
     base = Signals.from_metrics(stats, is_drift=is_drift, rollout_in_progress=rollout_in_progress, force=force)
     baseline, reason, created_at = read_baseline(production_model_uri)
     attempt = None
@@ -48,7 +57,12 @@ def signals(
         attempt = last_attempt(dsn, model_name, created_at or None)
     metric = baseline.metric if baseline else "error_rate"
     if feedback_path is not None:
-        whole, since, newest, days = tally(Path(feedback_path), attempt.evidence_through if attempt else "")
+        period = None
+        if baseline and baseline_days > 0 and created_at:
+            period = ReferencePeriod.of(baseline.version, created_at, baseline_days)
+        whole, since, newest, days, first_days = tally(Path(feedback_path), attempt.evidence_through if attempt else "", period)
+        if period and newest and pd.Timestamp(newest) >= period.end and first_days.answered:
+            baseline = pool(baseline, first_days, baseline_days)
     else:
         whole = Tally(answered=base.feedback_count, wrong=base.negative_count)
         since, newest, days = Tally(), "", {}
@@ -112,6 +126,41 @@ def read_baseline(production_model_uri: str) -> tuple[Baseline | None, str, str]
     return Baseline("error_rate", Sample.rate(wrong, len(frame)), REFERENCE_PREDICTIONS_FILE, version), "", created_at
 
 
+@dataclass(frozen=True)
+class ReferencePeriod:
+    """Production's first days of service: its own answers, answered in [start, end)."""
+
+    version: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+
+    @classmethod
+    def of(cls, version: str, created_at: str, days: float) -> "ReferencePeriod":
+        start = pd.Timestamp(created_at)
+        start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+        return cls(version, start, start + pd.Timedelta(days=days))
+
+    def rows(self, frame: pd.DataFrame, answered_at: pd.Series) -> pd.Series:
+        return (frame["model_version"].astype(str) == self.version) & (answered_at >= self.start) & (answered_at < self.end)
+
+
+def pool(baseline: Baseline, first_days: "Tally", days: float) -> Baseline:
+    """The validated sample joined by production's answers over its first days of service."""
+    served = first_days.sample(baseline.metric)
+    if served.rows == 0:
+        return baseline
+    source = (
+        f"{baseline.source} ({_shown(baseline.metric, baseline.sample)}) pooled with its first {days:g} days of service "
+        f"({_shown(baseline.metric, served)})"
+    )
+    return dataclasses.replace(baseline, sample=baseline.sample.pooled(served), source=source, validated=baseline.sample)
+
+
+def _shown(metric: str, sample: Sample) -> str:
+    value = f"{sample.mean:.1%}" if metric == "error_rate" else f"{sample.mean:.4g}"
+    return f"{value} on {sample.rows}"
+
+
 def last_attempt(dsn: str, model_name: str, after: str | None) -> Attempt | None:
     """The newest retrain decision after production's creation: it trained and blessed nothing."""
     from feedback_loop.feedback import store
@@ -164,10 +213,13 @@ class Tally:
         self.unjudged += int(((frame["is_correct"] == False) & values.isna()).sum())  # noqa: E712
 
 
-def tally(path: Path, after: str) -> tuple[Tally, Tally, str, dict[str, Tally]]:
+def tally(
+    path: Path, after: str, period: ReferencePeriod | None = None
+) -> tuple[Tally, Tally, str, dict[str, Tally], Tally]:
     """(the whole extract, the answers given after `after` (ISO; "" none), the newest answer's
-    time, the answers after `after` by day of their answer (ISO date))."""
-    whole, since, newest, days = Tally(), Tally(), None, {}
+    time, the answers after `after` by day of their answer (ISO date), production's answers
+    of its reference `period`)."""
+    whole, since, newest, days, first_days = Tally(), Tally(), None, {}, Tally()
     cut = pd.Timestamp(after) if after else None
     if cut is not None and cut.tzinfo is None:
         cut = cut.tz_localize("UTC")
@@ -180,6 +232,8 @@ def tally(path: Path, after: str) -> tuple[Tally, Tally, str, dict[str, Tally]]:
                 frame[name] = None
         whole.add(frame)
         at = pd.to_datetime(frame["feedback_at"], utc=True)
+        if period is not None:
+            first_days.add(frame[period.rows(frame, at)])
         if at.notna().any():
             top = at.max()
             newest = top if newest is None or top > newest else newest
@@ -189,7 +243,7 @@ def tally(path: Path, after: str) -> tuple[Tally, Tally, str, dict[str, Tally]]:
         answered_at = pd.to_datetime(judged["feedback_at"], utc=True)
         for day, part in judged[answered_at.notna()].groupby(answered_at[answered_at.notna()].dt.date.astype(str)):
             days.setdefault(day, Tally()).add(part)
-    return whole, since, newest.isoformat() if newest is not None else "", days
+    return whole, since, newest.isoformat() if newest is not None else "", days, first_days
 
 
 def recent_windows(days: dict[str, Tally], metric: str) -> list[tuple[int, Sample]]:

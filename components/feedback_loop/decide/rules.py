@@ -64,15 +64,15 @@ def _cmp(ok: bool, yes: str, no: str) -> str:
 
 @rule("performance")
 def performance(s: Signals, p: Policy) -> tuple[bool, str]:
-    """The default trigger: production's error on fresh feedback is worse than its validated error
-    by more than the margin, by a one-sided test (see decide/evidence.py). After an attempt that
+    """The default trigger: production's error on fresh feedback is worse than its baseline (its
+    validated error, pooled with its first days of service) by more than the margin, by a one-sided test (see decide/evidence.py). After an attempt that
     blessed nothing, it judges only the answers given since, once there are twice as many as its
     test fired on, or fires when they are significantly worse than what that attempt saw."""
     e = s.evidence
     if e is None or e.baseline is None:
         return False, f"cannot judge: {e.reason if e else 'no evidence gathered (no feedback extract)'}"
     b, metric = e.baseline, e.baseline.metric
-    base = f"validated {ev.label(metric)} {ev.describe(metric, b.sample, p.performance_alpha)} ({b.source})"
+    base = f"baseline {ev.label(metric)} {ev.describe(metric, b.sample, p.performance_alpha)} ({b.source})"
     judged = e.judged
     since = ""
     if e.attempt:

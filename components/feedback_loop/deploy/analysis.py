@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -163,24 +164,34 @@ class AnalysisUnavailable(Exception):
 class Prometheus:
     """The instant-query API of a Prometheus server (`/api/v1/query`)."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, attempts: int = 3, backoff: float = 0.5) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.attempts, self.backoff = max(attempts, 1), backoff  # transient failures are asked again
 
     def query(self, promql: str, at: datetime) -> float | None:
         """One number: a scalar, or a vector of at most one series; None when empty or NaN."""
         params = urllib.parse.urlencode({"query": promql, "time": f"{at.timestamp():.3f}"})
-        try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/query?{params}", timeout=self.timeout) as answer:
-                body = json.loads(answer.read())
-        except urllib.error.HTTPError as err:
+        for attempt in range(1, self.attempts + 1):
             try:
-                message = json.loads(err.read()).get("error", err.reason)
-            except ValueError:
-                message = err.reason
-            raise AnalysisUnavailable(f"Prometheus refused a query ({err.code}: {message})") from None
-        except (OSError, ValueError) as err:
-            raise AnalysisUnavailable(f"Prometheus at {self.url} unreachable ({type(err).__name__})") from None
+                with urllib.request.urlopen(f"{self.url}/api/v1/query?{params}", timeout=self.timeout) as answer:
+                    body = json.loads(answer.read())
+                break
+            except urllib.error.HTTPError as err:
+                if err.code in (429, 502, 503, 504) and attempt < self.attempts:  # restarting or overloaded
+                    time.sleep(self.backoff * 2 ** (attempt - 1))
+                    continue
+                try:
+                    message = json.loads(err.read()).get("error", err.reason)
+                except ValueError:
+                    message = err.reason
+                raise AnalysisUnavailable(f"Prometheus refused a query ({err.code}: {message})") from None
+            except (OSError, ValueError) as err:
+                if isinstance(err, OSError) and attempt < self.attempts:
+                    time.sleep(self.backoff * 2 ** (attempt - 1))
+                    continue
+                # Down for good: the step holds (inconclusive), the run goes on.
+                raise AnalysisUnavailable(f"Prometheus at {self.url} unreachable ({type(err).__name__})") from None
         data = body.get("data") or {}
         result = data.get("result")
         if data.get("resultType") == "scalar":

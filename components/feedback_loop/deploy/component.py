@@ -28,6 +28,7 @@ def advance_rollout(
     canary_max_confidence_distance: float = 0.2,
     canary_max_value_distance: float = 0.5,
     bake_tolerance: float = 0.1,
+    log_level: str = "INFO",
 ) -> NamedTuple(
     "RolloutOutputs",
     [
@@ -78,6 +79,7 @@ def advance_rollout(
             stable's predicted values, in stable's standard deviations, is above this.
         bake_tolerance: Share of a step's bake a run may come early and still move the step on (0.1: 2.4 h of
             a 24 h step), so a step lasts its bake under a schedule of that period.
+        log_level: DEBUG, INFO, WARNING or ERROR; every process honours it.
 
     Returns:
         record: The promotion record: each transition and its reason, the analysis, the history, the canary's
@@ -98,7 +100,7 @@ def advance_rollout(
     from feedback_loop.deploy.record import evidence_for, record_deployments, write_record
     from feedback_loop.deploy.targets import make_target
 
-    logs.setup()
+    logs.setup(log_level)
     now = datetime.now(timezone.utc)
     database_url = os.environ.get("DATABASE_URL")  # read when the step runs: the cluster's Secret
     target = make_target(deploy_target, model_store_uri, model_name, namespace)
@@ -127,6 +129,7 @@ def deploy_canary(
     service_account: str = "",
     rollout_steps: list[int] = [10, 50, 100],  # noqa: B006 (KFP reads the literal into the spec; each run gets a fresh copy)
     bake_hours: list[float] = [24.0, 48.0],  # noqa: B006
+    log_level: str = "INFO",
 ) -> NamedTuple("DeployOutputs", [("status", str), ("version", str), ("traffic_percent", int)]):
     """Publishes a blessed model version to the model store and starts its canary rollout.
 
@@ -146,6 +149,7 @@ def deploy_canary(
         service_account: ServiceAccount the predictor reads the model store with; "" keeps the current one.
         rollout_steps: Canary traffic percentages, rising to 100.
         bake_hours: Hours at each step before the next, one per step below 100.
+        log_level: DEBUG, INFO, WARNING or ERROR; every process honours it.
 
     Returns:
         record: What happened (time, action, version, traffic, reason), the steps and bake times.
@@ -165,7 +169,7 @@ def deploy_canary(
     from feedback_loop.deploy.targets import make_target
     from feedback_loop.layout import EVIDENCE_FILES
 
-    logs.setup()
+    logs.setup(log_level)
     drift_file, evaluation_file = EVIDENCE_FILES
     evidence = {
         name: Path(artifact.path).read_text()

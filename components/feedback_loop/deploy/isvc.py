@@ -14,7 +14,11 @@ VERSION = "v1beta1"
 PLURAL = "inferenceservices"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "InferenceService"
-MODEL_FORMAT = "tensorflow"
+# Our model format: a version directory's SavedModel with its lineage, served by our
+# ServingRuntime (deploy/runtime.py: the serve image's predictor) for every family.
+MODEL_FORMAT = "feedback-loop"
+MODEL_FORMAT_VERSION = "1"
+RUNTIME = "feedback-loop-serve"
 
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # Modes without Knative revisions, where canaryTrafficPercent has no effect
@@ -36,13 +40,13 @@ def inference_service(
     storage_uri: str,
     *,
     canary_percent: int | None = None,
-    runtime: str = "",
+    runtime: str = RUNTIME,
     service_account: str = "",
     annotations: dict[str, str] | None = None,
     min_replicas: int = 1,
     resources: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An InferenceService serving the TensorFlow SavedModel at `storage_uri`.
+    """An InferenceService serving the version at `storage_uri` with our ServingRuntime.
 
     Args:
         name: InferenceService name (a DNS label starting with a letter).
@@ -50,7 +54,7 @@ def inference_service(
         storage_uri: Directory holding the numbered SavedModel versions (`<version uri>/saved_model`).
         canary_percent: Share of traffic for the latest revision; the rest stays on the last
             rolled-out revision. None leaves the field out, which sends 100 % to the latest.
-        runtime: ServingRuntime name; "" lets KServe pick one that supports the format.
+        runtime: ServingRuntime name (ours, RUNTIME, by default); "" lets KServe pick one that supports the format.
         service_account: ServiceAccount whose secrets give access to the model store.
         annotations: Metadata annotations.
         min_replicas: Fewest predictor replicas (0 allows scale to zero in Knative mode).
@@ -67,7 +71,7 @@ def inference_service(
         raise ValueError(f"min_replicas must be 0 or more, got {min_replicas}")
 
     model: dict[str, Any] = {
-        "modelFormat": {"name": MODEL_FORMAT},
+        "modelFormat": {"name": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION},
         "storageUri": storage_uri,
         "resources": copy.deepcopy(resources if resources is not None else DEFAULT_RESOURCES),
     }

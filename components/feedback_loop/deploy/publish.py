@@ -18,6 +18,7 @@ from feedback_loop.layout import COMPLETE_MARKER, EVIDENCE_DIR, EVIDENCE_FILES, 
 log = logging.getLogger(__name__)
 
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SCRATCH_PREFIX = "feedback-loop-publish-"
 
 
 def version_dir_uri(store_uri: str, model_name: str, version: str) -> str:
@@ -53,7 +54,8 @@ def publish(
     if storage.is_complete(uri):
         log.info("%s %s is already in the model store at %s", model_name, version, uri)
         return Release.at(version, uri)
-    with tempfile.TemporaryDirectory(prefix="publish-") as scratch:
+    # A known prefix: the scratch of a publish killed outright (no `finally` runs) is swept by clean-up.
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as scratch:
         staged = Path(scratch) / version
         shutil.copytree(model_dir, staged)
         lineage = staged / LINEAGE_FILE

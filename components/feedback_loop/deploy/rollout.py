@@ -84,18 +84,26 @@ class RolloutState:
         return json.dumps(asdict(self), sort_keys=True, indent=indent)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> RolloutState:
-        data = json.loads(text)
-        return cls(
-            stable=Release.from_dict(data.get("stable")),
-            canary=Release.from_dict(data.get("canary")),
-            steps=[int(s) for s in data["steps"]],
-            bake_hours=[float(h) for h in data["bake_hours"]],
-            step_index=int(data.get("step_index", 0)),
-            step_started_at=data.get("step_started_at"),
-            serving_since=data.get("serving_since"),
-            history=list(data.get("history", [])),
-        )
+    def from_json(cls, text: str | bytes, source: str = "the rollout state") -> RolloutState:
+        """The state `text` holds; a corrupt or truncated one is one line naming `source`."""
+        try:
+            data = json.loads(text)
+            return cls(
+                stable=Release.from_dict(data.get("stable")),
+                canary=Release.from_dict(data.get("canary")),
+                steps=[int(s) for s in data["steps"]],
+                bake_hours=[float(h) for h in data["bake_hours"]],
+                step_index=int(data.get("step_index", 0)),
+                step_started_at=data.get("step_started_at"),
+                serving_since=data.get("serving_since"),
+                history=list(data.get("history", [])),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            why = f"no {err}" if isinstance(err, KeyError) else type(err).__name__
+            raise DeploymentError(
+                f"{source} is not a valid rollout state ({why}): restore it from a backup or the deployments table "
+                "(`feedback-loop history`), or remove it to start over from the versions in the store"
+            ) from None
 
 
 class RolloutConflict(DeploymentError):

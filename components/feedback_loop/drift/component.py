@@ -23,6 +23,7 @@ def detect_drift(
     drift_max_rows: int = 1_000_000,
     seed: int = 42,
     drift_feature_types: dict = {},  # noqa: B006 (KFP reads the default; the body never mutates it)
+    log_level: str = "INFO",
 ) -> bool:
     """Tests each input feature of `current` against the production model's training data.
 
@@ -48,6 +49,7 @@ def detect_drift(
         drift_max_rows: Most rows tested per side; above it a seeded uniform sample (recorded in the report).
         seed: Seed of every random choice (drift's row sample, weights, shuffling, dropout, sampled negatives).
         drift_feature_types: Declared feature types, name -> "numeric", "categorical" or "ignore".
+        log_level: DEBUG, INFO, WARNING or ERROR; every process honours it.
 
     Returns:
         report: Verdict, per-feature statistics and reference-vs-current charts, data quality, prediction drift.
@@ -60,7 +62,7 @@ def detect_drift(
     from feedback_loop.drift import core
     from feedback_loop.drift.report import write_html, write_json, write_markdown
 
-    logs.setup()
+    logs.setup(log_level)
     result = core.run(current.path, reference_uri, **core.options_of(locals()))
     write_html(result, report.path)
     write_markdown(result, summary.path)

@@ -166,7 +166,8 @@ def detect(
             kinds[name] = kind
 
     numbers = {n for n in common if family(ref_schema.field(n).type) == "number"}
-    cur_numbers = {n for n in common if family(cur_schema.field(n).type) == "number"}
+    # Current columns read as numbers: number columns, and those the reference's type makes numeric.
+    cur_numbers = {n for n in common if family(cur_schema.field(n).type) == "number" or kinds.get(n) == "numeric"}
     logger.info(
         "reading %d features of %d reference and %d current rows (at most %d per side)",
         len(common), n_reference, n_current, max_rows,

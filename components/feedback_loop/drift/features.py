@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feedback_loop.drift import stattests
+from feedback_loop.drift.reading import as_numbers
 from feedback_loop.drift.result import FeatureDrift, Histogram, Kind
 
 CORRECTIONS = ("bonferroni", "fdr")
@@ -41,8 +42,8 @@ def kind_of(ref_type: pa.DataType, cur_type: pa.DataType, declared: str | None) 
     """The test a feature gets, or None and why it gets none."""
     ref, cur = family(ref_type), family(cur_type)
     if declared == "numeric":
-        if ref == cur == "number":
-            return "numeric", ""
+        if ref == "number" and cur in ("number", "text", "boolean"):
+            return "numeric", ""  # the current side's non-numbers count as missing
         return None, f"declared numeric but holds {ref_type} in reference and {cur_type} in current"
     if declared == "categorical":
         if ref in ("number", "text", "boolean") and cur in ("number", "text", "boolean"):
@@ -53,6 +54,10 @@ def kind_of(ref_type: pa.DataType, cur_type: pa.DataType, declared: str | None) 
         return None, f"type {ref_type} is neither numeric nor text"
     if cur not in inferred:
         return None, f"type {cur_type} is neither numeric nor text"
+    if ref == "number":
+        # The reference's type holds: one "NaN", true or "" sent for a number turns the current
+        # column into text; its non-numbers count as missing and the type change is reported.
+        return "numeric", ""
     if inferred[ref] != inferred[cur]:
         return None, f"{inferred[ref]} ({ref_type}) in reference but {inferred[cur]} ({cur_type}) in current"
     return inferred[ref], ""  # type: ignore[return-value]
@@ -103,8 +108,8 @@ def corrected_threshold(p_values: np.ndarray, alpha: float, correction: str) -> 
 
 
 def _finite(column: pa.ChunkedArray) -> np.ndarray:
-    # NaN and infinities are counted in the data-quality section; the test takes the finite values.
-    values = pc.drop_null(column).cast(pa.float64()).to_numpy()
+    # NaN, infinities and non-numbers are counted in the data-quality section; the test takes the finite values.
+    values = pc.drop_null(as_numbers(column)).to_numpy()
     finite = np.isfinite(values)
     return values if finite.all() else values[finite]
 

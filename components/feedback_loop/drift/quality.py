@@ -44,6 +44,7 @@ def measure_quality(
                 current_nan=c.nan,
                 reference_inf=r.inf,
                 current_inf=c.inf,
+                current_non_numeric=c.non_numeric,
                 reference_min=r.minimum if has_range else None,
                 reference_max=r.maximum if has_range else None,
                 current_min=c.minimum if has_range and c.has_range else None,
@@ -62,5 +63,5 @@ def measure_quality(
 
 
 def _missing(counts: ColumnCounts) -> float:
-    return (counts.nulls + counts.nan) / counts.rows if counts.rows else 0.0
+    return (counts.nulls + counts.nan + counts.non_numeric) / counts.rows if counts.rows else 0.0
 

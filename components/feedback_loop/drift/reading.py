@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feedback_loop.errors import DataError
@@ -29,6 +30,7 @@ class ColumnCounts:
     nulls: int = 0
     nan: int = 0
     inf: int = 0
+    non_numeric: int = 0  # text or booleans under a number column, read as missing
     minimum: float = float("inf")  # over finite values
     maximum: float = float("-inf")
     below: int = 0  # finite values under the bounds given to the reader (the reference range)
@@ -130,10 +132,13 @@ def _count(
         c.nulls += column.null_count
         if name not in numeric:
             continue
-        values = _floats(column)
+        numbers = as_numbers(column)
+        non_numeric = numbers.null_count - column.null_count
+        c.non_numeric += non_numeric
+        values = _floats(numbers)
         finite = np.isfinite(values)
         n_finite = int(finite.sum())
-        c.nan += int(np.isnan(values).sum()) - column.null_count  # nulls read as NaN
+        c.nan += int(np.isnan(values).sum()) - numbers.null_count  # nulls read as NaN
         c.inf += len(values) - n_finite - int(np.isnan(values).sum())
         if n_finite:
             shown = values if n_finite == len(values) else values[finite]
@@ -143,6 +148,25 @@ def _count(
                 lo, hi = bounds[name]
                 c.below += int((shown < lo).sum())
                 c.above += int((shown > hi).sum())
+
+
+# A plain decimal number in text ("1.5", " -2e3"); "NaN", "inf", "true" and "" are no number.
+_NUMBER = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+
+
+def as_numbers(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The column as float64: a number column as it is; under text or booleans (a number
+    feature a client sent as "NaN", true or ""), decimal texts as their number and every
+    other value null, so one stray value does not turn the whole feature into text."""
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return column.cast(pa.float64(), safe=False)
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(kind)
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        return pa.nulls(len(column), pa.float64())  # booleans and the rest: no number
+    text = pc.if_else(pc.match_substring_regex(column, _NUMBER), column, pa.scalar(None, column.type))
+    return pc.cast(pc.utf8_trim_whitespace(text), pa.float64())
 
 
 def _floats(column: pa.Array) -> np.ndarray:

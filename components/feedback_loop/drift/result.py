@@ -64,6 +64,7 @@ class ColumnQuality:
     current_nan: int = 0
     reference_inf: int = 0
     current_inf: int = 0
+    current_non_numeric: int = 0  # values of a number feature that are no number (text, booleans): missing
     reference_min: float | None = None  # finite values; None for non-numeric columns
     reference_max: float | None = None
     current_min: float | None = None
@@ -85,6 +86,8 @@ class ColumnQuality:
             found.append(f"{self.current_nan:,} NaN in the current data (reference: {self.reference_nan:,})")
         if self.current_inf:
             found.append(f"{self.current_inf:,} infinite values in the current data (reference: {self.reference_inf:,})")
+        if self.current_non_numeric:
+            found.append(f"{self.current_non_numeric:,} values that are no number in the current data, counted as missing")
         if self.out_of_range > OUT_OF_RANGE_SHARE:
             found.append(
                 f"{_share(self.out_of_range)} of current values outside the reference range "

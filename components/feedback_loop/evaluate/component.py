@@ -25,6 +25,7 @@ def evaluate_model(
     guard_retire_alpha: float = 0.05,
     guard_retire_margin: float = 0.02,
     top_k: int = 10,
+    log_level: str = "INFO",
 ) -> bool:
     """Scores the candidate and the production model on the same rows and decides the blessing, gate by gate.
 
@@ -51,6 +52,7 @@ def evaluate_model(
         guard_retire_margin: Retire the guard set when that increase is above this margin at that level (points
             of error, 0.02 = 2 points; for regressors a share of the guard's MSE); the fresh holdout replaces it.
         top_k: k of precision@k and recall@k for recommenders.
+        log_level: DEBUG, INFO, WARNING or ERROR; every process honours it.
 
     Returns:
         metrics: candidate.*, production.*, test.candidate.*, test.production.* (on the guard judged on),
@@ -69,7 +71,7 @@ def evaluate_model(
     from feedback_loop import logs, storage
     from feedback_loop.evaluate import core
 
-    logs.setup()
+    logs.setup(log_level)
     gates = core.Gates(
         min_improvement=min_improvement,
         max_test_regression=max_test_regression,

@@ -20,6 +20,8 @@ def extract_feedback(
     known_labels: list[str] = [],  # noqa: B006
     error_rate_days: int = 7,
     latency_baseline_ms: float = 0.0,
+    max_feature_columns: int = 1000,
+    log_level: str = "INFO",
 ) -> NamedTuple("FeedbackOutputs", [("rows", int), ("feedback_count", int), ("negative_count", int), ("satisfaction_rate", float)]):
     """Extracts the last `days_back` days of predictions with their latest feedback to Parquet.
 
@@ -38,13 +40,16 @@ def extract_feedback(
         known_labels: The labels a prediction or correction may name (empty: any).
         error_rate_days: Length of the sliding window of the error rate, in days.
         latency_baseline_ms: Latency baseline in ms; 0 takes the window's earlier predictions.
+        max_feature_columns: Most feature columns the extract keeps (JSONB keys, the most frequent first); the other keys are left out and counted.
+        log_level: DEBUG, INFO, WARNING or ERROR; every process honours it.
 
     Returns:
         feedback: Parquet, one row per usable prediction, feature columns from the JSONB features.
         stats: Every statistic the retrain decision reads (feedback_count, negative_count,
             satisfaction_rate, recent_satisfaction_rate, error_rate, latency_ratio,
             keyword_hits, new_data_share, days_since_training, ...), excluded_<reason> counts and
-            unlabelled_<reason> counts (negative answers without a usable correction).
+            unlabelled_<reason> counts (negative answers without a usable correction),
+            dropped_feature_keys (keys beyond max_feature_columns).
         rows: Usable predictions in the window.
         feedback_count: Predictions with usable user feedback.
         negative_count: Feedback saying the prediction was wrong.
@@ -58,7 +63,7 @@ def extract_feedback(
     from feedback_loop.feedback.pseudonyms import HMAC_KEY_ENV, Pseudonymizer
     from feedback_loop.feedback.stats import Options
 
-    logs.setup()
+    logs.setup(log_level)
     options = Options(
         keywords=tuple(keywords),
         known_labels=tuple(known_labels),
@@ -68,7 +73,10 @@ def extract_feedback(
     )
     window = core.Window.of(model_name, days_back, since)
     pseudonymizer = Pseudonymizer(os.environ.get(HMAC_KEY_ENV) or None)  # the Secret's key, read at the edge
-    result = core.extract(os.environ.get("DATABASE_URL"), window, feedback.path, options, pseudonymizer=pseudonymizer)
+    result = core.extract(
+        os.environ.get("DATABASE_URL"), window, feedback.path, options, pseudonymizer=pseudonymizer,
+        max_feature_columns=max_feature_columns,
+    )
     for name, value in result.metrics().items():
         stats.log_metric(name, value)
     outputs = namedtuple("FeedbackOutputs", ["rows", "feedback_count", "negative_count", "satisfaction_rate"])
@@ -76,17 +84,20 @@ def extract_feedback(
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
-def purge_feedback(record: Output[Markdown], retention_days: int = 180) -> int:
+def purge_feedback(record: Output[Markdown], retention_days: int = 180, inputs_uri: str = "", log_level: str = "INFO") -> int:
     """Deletes predictions and feedback older than `retention_days` (personal data, GDPR).
 
-    A prediction's feedback goes with it. Run history and deployments hold no personal
-    data and are kept. Reads `DATABASE_URL` (a Kubernetes Secret).
+    A prediction's feedback goes with it, and its raw input when it lies under `inputs_uri`.
+    Run history and deployments hold no personal data and are kept. Reads `DATABASE_URL`
+    (a Kubernetes Secret).
 
     Args:
         retention_days: How long predictions and feedback are kept, in days.
+        inputs_uri: Where the serving app stores raw inputs (file:// or gs://): the retention purge deletes expired ones under it; "" deletes none.
+        log_level: DEBUG, INFO, WARNING or ERROR; every process honours it.
 
     Returns:
-        record: How many rows of each table were deleted, and the cut-off.
+        record: How many rows of each table (and raw inputs) were deleted, and the cut-off.
         Output: How many rows were deleted in all.
     """
     import os
@@ -94,12 +105,12 @@ def purge_feedback(record: Output[Markdown], retention_days: int = 180) -> int:
     from feedback_loop import logs
     from feedback_loop.feedback import store
 
-    logs.setup()
+    logs.setup(log_level)
     conn = store.connect(os.environ.get("DATABASE_URL"))
     try:
-        counts = store.purge(conn, retention_days)
+        counts = store.purge(conn, retention_days, inputs_uri=inputs_uri)
     finally:
         conn.close()
     with open(record.path, "w") as handle:
         handle.write(f"# Feedback purge\n\nOlder than {retention_days} days: " + ", ".join(f"{n} {t}" for t, n in counts.items()) + " deleted.\n")
-    return sum(counts.values())
+    return counts["predictions"] + counts["feedback"]

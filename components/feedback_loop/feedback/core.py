@@ -10,6 +10,7 @@ the database only as an HMAC under a key the caller passes in (`pseudonyms`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -25,7 +26,7 @@ from psycopg2 import sql
 
 from feedback_loop.errors import SettingsError
 from feedback_loop.feedback import queries, store
-from feedback_loop.feedback.features import BASE_COLUMNS, FeatureColumns, WiderFeatures
+from feedback_loop.feedback.features import BASE_COLUMNS, DEFAULT_MAX_COLUMNS, FeatureColumns, WiderFeatures
 from feedback_loop.feedback.pseudonyms import HMAC_KEY_ENV, Pseudonymizer
 from feedback_loop.feedback.stats import Accumulator, FeedbackStats, Options
 from feedback_loop.feedback.store import Tables
@@ -120,6 +121,7 @@ def extract(
     tables: Tables = Tables(),
     pseudonymizer: Pseudonymizer | None = None,
     parallel: int = PARALLEL_SLICES,
+    max_feature_columns: int = DEFAULT_MAX_COLUMNS,
 ) -> FeedbackStats:
     """Writes the window to `out_path` (Parquet, whole or not at all) and returns its statistics.
 
@@ -134,32 +136,42 @@ def extract(
         log.warning("no HMAC key (%s): user ids are left out of the extract", HMAC_KEY_ENV)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    features = FeatureColumns()
+    features = FeatureColumns(max_feature_columns)
     conn = store.connect(dsn)
+    # No `with conn`: its rollback on the way out would wait forever on a frozen server. Every
+    # statement here has a deadline, and on any failure the connection is cut, not rolled back.
+    silence = store.SILENCE_TIMEOUT_S
     try:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
-        with conn, conn.cursor() as cur, tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as scratch:
-            cur.execute("SELECT pg_export_snapshot()")
-            snapshot = cur.fetchone()[0]
+        with store.classified(dsn, "during the extraction"), conn.cursor() as cur, \
+                tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as scratch:
+            with store.deadline(conn, silence, "to the extraction's first statement"):
+                cur.execute("SELECT pg_export_snapshot()")
+                snapshot = cur.fetchone()[0]
             slice_queries = [extract_query(window, options, tables, b).as_string(conn) for b in _slices(window, max(1, parallel))]
             staged = Path(scratch) / "extract.parquet"
             while True:  # once, or again with the wider feature columns a later batch revealed
                 accumulator = Accumulator(options, window.start, window.end, window.trained_through)
                 try:
-                    with store.arrow_batches(dsn, slice_queries, snapshot) as batches:
+                    with store.arrow_batches(dsn, slice_queries, snapshot, silence=silence) as batches:
                         _write_parquet(batches, staged, accumulator, pseudonymizer, features)
                     break
                 except WiderFeatures as wider:
-                    log.info("%s: reading the window again with feature columns %s", wider, sorted(features.types))
-            cur.execute(exclusion_counts_query(window, tables))
-            no_consent, future, orphans = cur.fetchone()
+                    log.info("%s: reading the window again with %d feature columns", wider, len(features.types))
+            with store.deadline(conn, silence, "to the exclusion counts"):
+                cur.execute(exclusion_counts_query(window, tables))
+                no_consent, future, orphans = cur.fetchone()
+                conn.rollback()  # a read-only snapshot: nothing to commit
             os.replace(staged, out_path)
+    except BaseException:
+        store.abandon(conn)
+        raise
     finally:
         conn.close()
     accumulator.excluded["no_consent"] += no_consent
     accumulator.excluded["future_timestamp"] += future
     accumulator.excluded["unknown_prediction"] += orphans
-    stats = accumulator.stats()
+    stats = dataclasses.replace(accumulator.stats(), dropped_feature_keys=len(features.dropped))
     elapsed = time.monotonic() - started
     dropped = ", ".join(f"{n} {reason}" for reason, n in stats.excluded.items() if n) or "none"
     log.info(

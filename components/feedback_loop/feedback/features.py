@@ -2,7 +2,8 @@
 
 The features are parsed into typed columns in Arrow (`pyarrow.json`), not in SQL: nothing has
 to scan the window for its keys first. A key is a number column when every value is a number,
-else text.
+else text. At most `max_columns` keys become columns (the most frequent first): a client that
+sends thousands of distinct keys cannot blow up the extract; the keys left out are counted.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ BASE_COLUMNS: list[tuple[str, pa.DataType]] = [
 # dropped, and the JSONB `features`, parsed into the columns that follow the base ones.
 
 
+# Feature columns kept at most, by default (setting max_feature_columns).
+DEFAULT_MAX_COLUMNS = 1000
+
+
 class WiderFeatures(Exception):
     """A batch held a feature key or a text value the columns written so far cannot take."""
 
@@ -52,8 +57,12 @@ class FeatureColumns:
     types widen and `WiderFeatures` asks for the window to be read again: a rare, one-off cost.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_columns: int = DEFAULT_MAX_COLUMNS) -> None:
+        if max_columns < 1:
+            raise ValueError(f"max_columns must be at least 1, not {max_columns}")
         self.types: dict[str, pa.DataType] = {}  # always in sorted key order
+        self.max_columns = max_columns
+        self.dropped: set[str] = set()  # keys beyond the cap, left out
         self._known = False
 
     def schema(self) -> pa.Schema:
@@ -64,7 +73,13 @@ class FeatureColumns:
         """The feature columns (in `schema()`'s order) of `column`'s JSON texts."""
         texts = column.storage if isinstance(column.type, pa.BaseExtensionType) else column
         if not self._known:
-            self.types, self._known = _types_inferred(texts), True
+            if _key_estimate(texts) > self.max_columns:  # Arrow's inference slows down badly with the column count
+                objects = _loads(texts)
+                types = _types_of(objects)
+                counts = _key_counts(objects, types)
+            else:
+                types, counts = _types_inferred(texts)
+            self.types, self._known = self._capped(types, counts), True
         if not self.types:
             return []
         options = pajson.ParseOptions(explicit_schema=pa.schema(list(self.types.items())), unexpected_field_behavior="error")
@@ -76,15 +91,59 @@ class FeatureColumns:
 
     def _parse_in_python(self, texts: pa.Array) -> list[pa.Array]:
         objects = _loads(texts)
-        wider = _widest(self.types, _types_of(objects))
+        seen = _types_of(objects)
+        new = {k: v for k, v in seen.items() if k not in self.types}
+        kept = self._capped(new, _key_counts(objects, new), room=self.max_columns - len(self.types))
+        wider = _widest(self.types, {k: v for k, v in seen.items() if k in self.types or k in kept})
         if wider != self.types:
             added = sorted(set(wider) - set(self.types)) or sorted(k for k in wider if wider[k] != self.types[k])
             self.types = wider
-            raise WiderFeatures(f"feature column(s) {', '.join(added)} appeared or turned to text after the first batch")
+            raise WiderFeatures(f"feature column(s) {shorten(added)} appeared or turned to text after the first batch")
         return [_feature_array(objects, name, kind) for name, kind in self.types.items()]
+
+    def _capped(self, types: dict[str, pa.DataType], counts: dict[str, int], room: int | None = None) -> dict[str, pa.DataType]:
+        """`types` cut to the `room` (default: the cap) most frequent keys; the others are dropped."""
+        room = self.max_columns if room is None else max(room, 0)
+        if len(types) <= room:
+            return types
+        ranked = sorted(types, key=lambda k: (-counts.get(k, 0), k))
+        dropped = ranked[room:]
+        fresh = set(dropped) - self.dropped
+        self.dropped.update(dropped)
+        if fresh:
+            log.warning(
+                "%d feature key(s) beyond the cap of %d columns are left out (max_feature_columns): %s",
+                len(fresh), self.max_columns, shorten(sorted(fresh)),
+            )
+        return {k: types[k] for k in sorted(ranked[:room])}
 
 
 _RESERVED = {name for name, _ in BASE_COLUMNS}
+
+
+def shorten(names: list[str], limit: int = 10) -> str:
+    """The first `limit` names and how many more: a log line stays a line."""
+    shown = ", ".join(n[:64] for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _key_estimate(texts: pa.Array) -> int:
+    """About how many distinct keys `texts` hold, in Arrow: no fewer than the top-level ones
+    (nested keys and text that looks like a key count too; an overestimate only costs time)."""
+    fragments = pc.list_flatten(pc.split_pattern(pc.drop_null(texts), pattern=', "'))
+    # After the split a fragment starts with its key (the first one after `{"`).
+    keys = pc.extract_regex(fragments, r'^(?:\{")?(?P<key>(?:[^"\\]|\\.)*)": ')
+    return pc.count_distinct(pc.struct_field(keys, [0])).as_py()
+
+
+def _key_counts(objects: list[dict], keys: dict[str, pa.DataType]) -> dict[str, int]:
+    """How many rows hold each of `keys` (non-null)."""
+    counts = dict.fromkeys(keys, 0)
+    for o in objects:
+        for k, v in o.items():
+            if v is not None and k in counts:
+                counts[k] += 1
+    return counts
 # The server and the batches' conversion already keep both cores busy: more threads only cost.
 _ONE_THREAD = pajson.ReadOptions(use_threads=False, block_size=1 << 26)
 
@@ -100,17 +159,21 @@ def _loads(texts: pa.Array) -> list[dict]:
     return [o if isinstance(o, dict) else {} for o in objects]
 
 
-def _types_inferred(texts: pa.Array) -> dict[str, pa.DataType]:
-    """The types of the keys in `texts`, inferred by Arrow; in Python when Arrow's inference
-    cannot tell (mixed or nested values, booleans, strings it would read as timestamps)."""
+def _types_inferred(texts: pa.Array) -> tuple[dict[str, pa.DataType], dict[str, int]]:
+    """The types of the keys in `texts`, inferred by Arrow, and how many rows hold each; in
+    Python when Arrow's inference cannot tell (mixed or nested values, booleans, strings it
+    would read as timestamps)."""
     try:
-        inferred = pajson.read_json(pa.BufferReader(_lines(texts)), read_options=_ONE_THREAD).schema
+        inferred = pajson.read_json(pa.BufferReader(_lines(texts)), read_options=_ONE_THREAD)
     except pa.ArrowInvalid:
-        return _types_of(_loads(texts))
+        inferred = None
     plain = {pa.float64(), pa.int64(), pa.string(), pa.null()}
-    if any(f.type not in plain for f in inferred) or set(inferred.names) & _RESERVED:
-        return _types_of(_loads(texts))
-    return {f.name: pa.string() if f.type == pa.string() else pa.float64() for f in sorted(inferred, key=lambda f: f.name)}
+    if inferred is None or any(f.type not in plain for f in inferred.schema) or set(inferred.column_names) & _RESERVED:
+        objects = _loads(texts)
+        types = _types_of(objects)
+        return types, _key_counts(objects, types)
+    types = {f.name: pa.string() if f.type == pa.string() else pa.float64() for f in sorted(inferred.schema, key=lambda f: f.name)}
+    return types, {c: inferred.num_rows - inferred.column(c).null_count for c in inferred.column_names}
 
 
 def _types_of(objects: list[dict]) -> dict[str, pa.DataType]:
@@ -129,7 +192,8 @@ def _types_of(objects: list[dict]) -> dict[str, pa.DataType]:
 def _feature_array(objects: list[dict], name: str, kind: pa.DataType) -> pa.Array:
     values = [o.get(name) for o in objects]
     if kind == pa.float64():
-        return pa.array(values, pa.float64())
+        # float(): an integer beyond 2**53 (JSONB prints 1e16 as one) is no exact double, which Arrow refuses.
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
     return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
 
 

@@ -6,6 +6,7 @@ every other figure is updated batch by batch, so ten million rows need no more m
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,12 +18,13 @@ import pyarrow.compute as pc
 DEFAULT_KEYWORDS = ("flou", "mauvais", "incorrect", "wrong", "blurry")
 
 # Why a row was left out. Prediction rows: no_consent, future_timestamp, confidence_out_of_range,
-# null_label, unknown_label (of the prediction itself). Feedback rows: unknown_prediction,
+# non_finite_latency (NaN or infinite), null_label, unknown_label (of the prediction itself). Feedback rows: unknown_prediction,
 # duplicate_feedback (an older answer the latest replaced), future_timestamp.
 EXCLUSION_REASONS = (
     "no_consent",
     "future_timestamp",
     "confidence_out_of_range",
+    "non_finite_latency",
     "null_label",
     "unknown_label",
     "unknown_prediction",
@@ -67,6 +69,7 @@ class FeedbackStats:
     training_rows: int = 0
     new_data_share: float = 0.0  # new_rows / training_rows (1.0 when nothing was trained on yet)
     days_since_training: float = -1.0  # -1 when no model was trained yet
+    dropped_feature_keys: int = 0  # JSONB feature keys left out beyond max_feature_columns
     excluded: dict[str, int] = field(default_factory=dict)
     unlabelled: dict[str, int] = field(default_factory=dict)  # negative answers without a training label, by reason
     window_start: str = ""
@@ -78,7 +81,8 @@ class FeedbackStats:
         out = {k: float(v) for k, v in asdict(self).items() if not k.startswith("window_") and k not in ("excluded", "unlabelled")}
         out.update({f"excluded_{reason}": float(self.excluded.get(reason, 0)) for reason in EXCLUSION_REASONS})
         out.update({f"unlabelled_{reason}": float(self.unlabelled.get(reason, 0)) for reason in UNLABELLED_REASONS})
-        return out
+        # KFP cannot serialize NaN and a decision cannot read it: a figure that is no number is unknown (0).
+        return {k: v if math.isfinite(v) else 0.0 for k, v in out.items()}
 
     @classmethod
     def from_metrics(cls, metrics: dict[str, float]) -> "FeedbackStats":

@@ -16,14 +16,18 @@ or interrupted) are left alone. Purging old feedback is `feedback-loop purge`'s 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from feedback_loop import storage
-from feedback_loop.deploy.publish import version_dir_uri
+from feedback_loop.deploy.publish import SCRATCH_PREFIX, version_dir_uri
 from feedback_loop.deploy.rollout import DEPLOYED, PROMOTED, RolloutState, traffic
 from feedback_loop.deploy.targets import Target
 from feedback_loop.errors import FeedbackLoopError
@@ -32,6 +36,8 @@ from feedback_loop.layout import COMPLETE_MARKER, LINEAGE_FILE
 log = logging.getLogger(__name__)
 
 PRODUCTION_ACTIONS = (DEPLOYED, PROMOTED)
+# A publish's staging untouched this long is taken as abandoned (a live one writes every few seconds).
+STALE_AFTER_S = 3600
 
 
 class ProtectedVersion(FeedbackLoopError):
@@ -53,6 +59,7 @@ class CleanupPlan:
     protected: dict[str, str] = field(default_factory=dict)
     delete: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # half-done publishes' staging and scratch, removed
 
     def to_markdown(self, model_name: str, done: bool) -> str:
         rows = [
@@ -60,6 +67,7 @@ class CleanupPlan:
             *(f"| `{v}` | kept: among the newest |" for v in self.keep),
             *(f"| `{v}` | {'deleted' if done else 'to delete'} |" for v in self.delete),
             *(f"| `{v}` | left alone: incomplete upload |" for v in self.incomplete),
+            *(f"| `{v}` | {'removed' if done else 'to remove'}: left by a publish that never finished |" for v in self.stale),
         ]
         return "\n".join([f"# Model store clean-up of `{model_name}`", "", "| version | outcome |", "|---|---|", *rows, ""])
 
@@ -142,17 +150,45 @@ def _delete_dir(uri: str) -> None:
 
 
 def cleanup(store_uri: str, model_name: str, target: Target, keep_versions: int, dry_run: bool = False) -> CleanupPlan:
-    """Deletes the versions beyond the newest `keep_versions` that the rollout does not need."""
+    """Deletes the versions beyond the newest `keep_versions` that the rollout does not need,
+    and what publishes killed midway left behind (see `stale_leftovers`)."""
     versions, created, incomplete = survey(store_uri, model_name)
     result = plan(versions, created, target.read(), keep_versions, incomplete)
     for version in result.delete if not dry_run else []:
         delete_version(store_uri, model_name, version, target)
     if incomplete:
         log.info("left alone (no completion marker): %s", ", ".join(incomplete))
-    return result
+    stale = stale_leftovers(store_uri, model_name)
+    for path in stale if not dry_run else []:
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed %s, left by a publish that never finished", path)
+    return replace(result, stale=[str(p) for p in stale])
+
+
+def stale_leftovers(store_uri: str, model_name: str, now: float | None = None) -> list[Path]:
+    """Staging directories in a local store (`.<version>.<id>.tmp`) and publish scratch in the
+    temporary directory untouched for STALE_AFTER_S: a publish killed outright runs no clean-up
+    of its own. (A GCS upload stages nothing: its versions wait for their marker.)"""
+    cutoff = (time.time() if now is None else now) - STALE_AFTER_S
+    found: list[Path] = []
+    candidates: list[Path] = list(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"))
+    model_uri = storage.join(storage.normalize(store_uri), model_name)
+    if not model_uri.startswith("gs://") and storage.local_path(model_uri).is_dir():
+        candidates += storage.local_path(model_uri).glob(".*.tmp")
+    for path in candidates:
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to read
+            if path.is_dir() and not path.is_symlink() and _newest_change(path) < cutoff:
+                found.append(path)
+    return sorted(found)
+
+
+def _newest_change(path: Path) -> float:
+    """The latest modification time in the tree: a publish still copying keeps touching it."""
+    return max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))])
 
 
 def summary(result: CleanupPlan, dry_run: bool) -> dict[str, Any]:
     return {"dry_run": dry_run, "deleted" if not dry_run else "would_delete": result.delete, "kept": result.keep,
-            "protected": result.protected, "incomplete": result.incomplete}
+            "protected": result.protected, "incomplete": result.incomplete,
+            "stale_removed" if not dry_run else "stale_to_remove": result.stale}
 

@@ -12,6 +12,8 @@ def notify_outcome(
     message: Output[Markdown],
     model_name: str,
     run_name: str = "",
+    dry_run: bool = False,
+    log_level: str = "INFO",
 ) -> bool:
     """Posts what the run did to a webhook (Slack-compatible JSON); never fails the run.
 
@@ -24,6 +26,8 @@ def notify_outcome(
         status: The run's final state and error, filled in by KFP.
         model_name: Name of the served model (and of its InferenceService).
         run_name: The run's name, as `decide_retrain` recorded it (dsl.PIPELINE_JOB_NAME_PLACEHOLDER).
+        dry_run: Train and evaluate, but neither publish nor deploy.
+        log_level: DEBUG, INFO, WARNING or ERROR; every process honours it.
 
     Returns:
         message: The outcome as sent: no retrain and why; retrained, blessed or not; the rollout's moves.
@@ -34,10 +38,10 @@ def notify_outcome(
     from feedback_loop import logs
     from feedback_loop.operate import notify
 
-    logs.setup()
+    logs.setup(log_level)
     outcome, sent = notify.notify(
         model_name, run_name or status.pipeline_job_resource_name, status.state, status.error_message,
-        os.environ.get("DATABASE_URL"), os.environ.get("NOTIFY_WEBHOOK_URL"),
+        os.environ.get("DATABASE_URL"), os.environ.get("NOTIFY_WEBHOOK_URL"), dry_run=dry_run,
     )
     with open(message.path, "w") as handle:
         handle.write(notify.to_markdown(outcome))
@@ -53,6 +57,7 @@ def clean_model_store(
     deploy_target: str = "kserve",
     namespace: str = "default",
     keep_versions: int = 5,
+    log_level: str = "INFO",
 ) -> int:
     """Deletes old model versions, keeping the newest `keep_versions` and every version the rollout needs.
 
@@ -65,6 +70,7 @@ def clean_model_store(
         deploy_target: "local" (state in the model store) or "kserve" (an InferenceService).
         namespace: Kubernetes namespace of the InferenceService.
         keep_versions: How many of the newest versions stay.
+        log_level: DEBUG, INFO, WARNING or ERROR; every process honours it.
 
     Returns:
         record: Each version and what became of it (protected and why, kept, deleted, incomplete).
@@ -74,7 +80,7 @@ def clean_model_store(
     from feedback_loop.deploy.targets import make_target
     from feedback_loop.operate import cleanup
 
-    logs.setup()
+    logs.setup(log_level)
     target = make_target(deploy_target, model_store_uri, model_name, namespace)
     result = cleanup.cleanup(model_store_uri, model_name, target, keep_versions)
     with open(record.path, "w") as handle:

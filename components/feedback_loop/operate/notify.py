@@ -24,7 +24,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +51,7 @@ class Outcome:
         rollout: This run's rollout moves: dicts of version, action, traffic_percent, reason.
         deployment: The rollout this run started (version, action, traffic_percent, reason); None when none.
         note: Why details are missing (e.g. the database was unreachable); "" when complete.
+        dry_run: The run was a dry run: it trains and evaluates, and never publishes or deploys.
     """
 
     model_name: str
@@ -64,6 +65,7 @@ class Outcome:
     rollout: list[dict[str, Any]] = field(default_factory=list)
     deployment: dict[str, Any] | None = None
     note: str = ""
+    dry_run: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -151,6 +153,10 @@ def lines(outcome: Outcome) -> list[str]:
         if outcome.deployment:
             d = outcome.deployment
             out.append(f"blessed: {d['action'].replace('_', ' ')} {d['version']} at {d['traffic_percent']} % ({d['reason']})")
+        elif outcome.succeeded and outcome.dry_run:
+            # Nothing is deployed in a dry run, blessed or not: saying "not blessed" would be a guess.
+            out.append("dry run: the candidate was trained and evaluated (see evaluate_model's verdict); "
+                       "nothing was published or deployed; production keeps serving")
         elif outcome.succeeded:
             out.append("not blessed: the candidate did not beat production; production keeps serving")
     elif outcome.succeeded:
@@ -197,7 +203,9 @@ def post(url: str, payload: dict[str, Any], timeout: float = 10.0, attempts: int
     return False
 
 
-def notify(model_name: str, run_name: str, state: str, error: str, dsn: str | None, url: str | None) -> tuple[Outcome, bool]:
+def notify(
+    model_name: str, run_name: str, state: str, error: str, dsn: str | None, url: str | None, dry_run: bool = False
+) -> tuple[Outcome, bool]:
     """Gathers the outcome (as far as the database answers) and posts it when a URL is set.
 
     Returns:
@@ -218,6 +226,7 @@ def notify(model_name: str, run_name: str, state: str, error: str, dsn: str | No
         except Exception as err:  # noqa: BLE001 (a notification must never fail the run)
             log.warning("outcome details unavailable: %s", type(err).__name__)
             outcome = Outcome(model_name, run_name, state, _short(error), note="details unavailable: the feedback database did not answer")
+    outcome = replace(outcome, dry_run=dry_run)
     for line in lines(outcome):
         log.info("%s", line)
     if not url:

@@ -19,6 +19,7 @@ def prepare_dataset(
     window: str = "expanding",
     window_days: float = 90.0,
     split: str = "recent_feedback",
+    log_level: str = "INFO",
 ):
     """Joins the production model's training data with corrected feedback; splits by time.
 
@@ -35,6 +36,7 @@ def prepare_dataset(
         window_days: Length of a sliding window, in days before the holdout starts.
         split: recent_feedback (the holdout is one in two of the newest feedback rows), time_series for time-ordered data, or random
             (a seeded draw of the feedback, for rows that do not depend on time).
+        log_level: DEBUG, INFO, WARNING or ERROR; every process honours it.
 
     Returns:
         train: Parquet rows to train on (old data, then older feedback, within the window).
@@ -49,7 +51,7 @@ def prepare_dataset(
     from feedback_loop.layout import TEST_DATA_FILE
     from feedback_loop.prepare import core
 
-    logs.setup()
+    logs.setup(log_level)
     with tempfile.TemporaryDirectory() as scratch:
         reference = original_test = None
         if reference_data_uri:

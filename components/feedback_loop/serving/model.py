@@ -1,19 +1,21 @@
-"""A KServe predictor for a version directory written by `train_model`.
+"""A KServe predictor for a version directory written by `train_model`, for every family.
 
-    <version>/saved_model/<n>/   SavedModel; signature `serving_default`: {input_name: float32} -> {probabilities}
-                                 (a tabular model with text features also takes `categories`: string [N, C])
-    <version>/lineage.json       version, classes, input_name, spec (numeric and categorical columns)
+    <version>/saved_model/<n>/   SavedModel; signature `serving_default`: {inputs} -> {output_name}
+                                 (probabilities [N, classes], a regressor's value or a recommender's score [N, 1])
+    <version>/lineage.json       version, task, classes, input_name, output_name, spec (the columns)
 
 One `SavedModelPredictor` serves both protocols of KServe's `ModelServer`:
 
 - v1 (`POST /v1/models/<name>:predict`, body `{"instances": [...]}`) answers
-  `{"predictions": [{"label", "probabilities"}...], "model_version": ...}`;
-- v2 (`POST /v2/models/<name>/infer`) answers the tensors `probabilities` (FP32 [N, classes])
-  and `label` (BYTES [N]) with the response's `model_version` set.
+  `{"predictions": [{"label", "probabilities", "prediction_id"}...], "model_version": ...}`
+  (a regressor answers `value`, a recommender `score`, instead of label and probabilities);
+- v2 (`POST /v2/models/<name>/infer`) answers the output tensor (FP32), `label` (BYTES [N],
+  classifiers) and `prediction_id` (BYTES [N]) with the response's `model_version` set.
 
-Every answer names the version that produced it (also as the `x-model-version` header), so
-the calling application can store it with the prediction and the rollout analysis can
-compare the feedback of two versions. The signature is called directly, in the request's
+Every answer names the version that produced it (also as the `x-model-version` header) and
+an id per row: the id the feedback endpoint takes, so that the rollout analysis can compare
+the feedback of two versions. With capture on, each row is written to the feedback store
+off the request path (serving.capture). The signature is called directly, in the request's
 thread: for small models that is cheaper than a hop to a worker thread.
 
 A model with text (categorical) features takes raw values; the vocabulary is inside the
@@ -29,13 +31,17 @@ import json
 import logging
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from feedback_loop.errors import ModelNotFound
+from feedback_loop.feedback.pseudonyms import Pseudonymizer
 from feedback_loop.layout import COMPLETE_MARKER, LINEAGE_FILE, SAVED_MODEL_DIR
+from feedback_loop.serving.capture import PREDICTIONS, Capture
+from feedback_loop.serving.records import CLASSIFICATION, REGRESSION, Answered
 
 FEATURES, CATEGORIES = "features", "categories"  # the tabular families' inputs (train.families.columns)
 
@@ -44,6 +50,10 @@ log = logging.getLogger(__name__)
 SIGNATURE = "serving_default"
 OUTPUT = "probabilities"
 VERSION_HEADER = "x-model-version"
+# Who asked, and whether they agreed to their predictions being used: headers (or v1 body
+# keys / v2 parameters user_id and consent), read only when capture is on.
+USER_HEADER, CONSENT_HEADER = "x-user-id", "x-consent"
+MAX_ROWS = 1024  # rows per request, at most (413 above)
 
 try:  # the serve and deploy images carry kserve; the class below needs it
     import kserve
@@ -79,10 +89,17 @@ def read_lineage(model_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelNotFound(f"{path} not found: serve a version directory written by train_model")
     lineage = json.loads(path.read_text())
-    missing = [key for key in ("version", "classes", "input_name") if not lineage.get(key)]
+    missing = [key for key in ("version", "input_name") if not lineage.get(key)]
+    if task_of(lineage) == CLASSIFICATION and not lineage.get("classes"):
+        missing.append("classes")
     if missing:
         raise ModelNotFound(f"{path} lacks {', '.join(missing)}: serve a version directory written by train_model")
     return lineage
+
+
+def task_of(lineage: dict[str, Any]) -> str:
+    """classification, regression or ranking: written by train_model; older lineages had classes or nothing."""
+    return str(lineage.get("task") or (CLASSIFICATION if lineage.get("classes") else REGRESSION))
 
 
 def require_complete(model_dir: Path | str) -> None:
@@ -131,11 +148,15 @@ class SignatureRunner:
         self.version = str(self.lineage["version"])
         self.classes = [str(c) for c in self.lineage["classes"]]
         self.input_name = str(self.lineage["input_name"])
+        self.task = task_of(self.lineage)
+        self.output = str(self.lineage.get("output_name") or OUTPUT)
+        self.image = str(self.lineage.get("family") or "").startswith("image") or self.input_name == "pixels"
         loaded = tf.saved_model.load(str(saved_model_path(model_dir)))
         self._loaded = loaded  # keeps the variables alive
         self._fn = loaded.signatures[SIGNATURE]
         specs = self._fn.structured_input_signature[1]
         self.row_shape = [int(d) for d in specs[self.input_name].shape[1:]]
+        self.shapes = {name: [int(d) if d is not None else -1 for d in s.shape[1:]] for name, s in specs.items()}
         self.input_names = sorted(specs)
         self.text_inputs = {name for name, s in specs.items() if s.dtype == tf.string}
         model_spec = self.lineage.get("spec") or {}
@@ -158,13 +179,19 @@ class SignatureRunner:
             name: self._constant(value, dtype=self._string) if name in self.text_inputs else self._constant(value)
             for name, value in feeds.items()
         }
-        return self._fn(**tensors)[OUTPUT].numpy()
+        out = self._fn(**tensors)[self.output].numpy()
+        # Probabilities [N, classes]; a value or a score per row [N].
+        return out if self.task == CLASSIFICATION else out.reshape(len(out), -1)[:, 0]
 
     def example(self) -> np.ndarray | dict[str, np.ndarray]:
         """One neutral row (zeros, empty texts) to trace the signature before traffic."""
         if not self.takes_rows:
             return np.zeros([1, *self.row_shape], np.float32)
-        return self.from_instances([{name: [0.0] * len(self.columns.get(name, [])) for name in self.input_names}])
+        example = {}
+        for name in self.input_names:
+            shape = [len(self.columns.get(name, [])) if d < 0 else d for d in self.shapes[name]]
+            example[name] = np.full([1, *shape], "", object) if name in self.text_inputs else np.zeros([1, *shape], np.float32)
+        return example
 
     def from_instances(self, instances: list[Any]) -> dict[str, np.ndarray]:
         """v1 instances of a model that names its inputs: objects keyed by column, or by input."""
@@ -184,9 +211,13 @@ class SignatureRunner:
                     raise ValueError(f"instances lack the columns {', '.join(missing)}")
                 values = [[row[c] for c in wanted] for row in instances]
             try:
-                out[name] = as_text(values) if name in self.text_inputs else np.asarray(values, dtype=np.float32)
+                array = as_text(values) if name in self.text_inputs else np.asarray(values, dtype=np.float32)
             except (TypeError, ValueError):
                 raise ValueError(f"input {name!r} must hold numbers, one list per row") from None
+            shape = self.shapes.get(name, [])
+            if -1 not in shape and array.size == len(instances) * int(np.prod(shape)):
+                array = array.reshape([len(instances), *shape])  # e.g. a recommender's [N, 1] user and item
+            out[name] = array
         return out
 
     def as_batch(self, data: Any) -> np.ndarray:
@@ -200,21 +231,32 @@ class SignatureRunner:
 
 if kserve is not None:
 
-    class SavedModelPredictor(kserve.Model):
-        """Serves one exported version under `name` (the InferenceService's model name)."""
+    class TooManyRows(InvalidInput):
+        """More rows in one request than the server takes: 413."""
 
-        def __init__(self, name: str, model_dir: Path | str) -> None:
+    class SavedModelPredictor(kserve.Model):
+        """Serves one exported version under `name` (the InferenceService's model name).
+
+        Each answer names `model_version` and one `prediction_id` per row; with a `capture`,
+        each row is queued for the feedback store (see serving.capture), never waited for.
+        """
+
+        def __init__(self, name: str, model_dir: Path | str, *, capture: Capture | None = None,
+                     max_rows: int = MAX_ROWS, hmac_key: str | None = None) -> None:
             super().__init__(name, return_response_headers=True)
             self.model_dir = Path(model_dir)
             self.runner: SignatureRunner | None = None
             self.version = ""
+            self.capture, self.max_rows = capture, max_rows
+            self._hmac_key = hmac_key or None
+            self._pseudonyms = Pseudonymizer(self._hmac_key)
 
         def load(self) -> bool:
             self.runner = SignatureRunner(self.model_dir)
             self.version = self.runner.version
             self.runner(self.runner.example())  # trace once before traffic
             self.ready = True
-            log.info("loaded %s version %s from %s", self.name, self.version, self.model_dir)
+            log.info("loaded %s version %s (%s) from %s", self.name, self.version, self.runner.task, self.model_dir)
             return self.ready
 
         async def __call__(self, body: Any, headers: dict[str, str] | None = None, verb: Any = None) -> Any:
@@ -232,7 +274,9 @@ if kserve is not None:
 
         def predict(self, payload: Any, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None) -> Any:
             assert self.runner is not None, "load() first"
+            started = time.perf_counter()
             v2 = isinstance(payload, InferRequest)
+            self._check_rows(payload, v2)
             try:
                 if self.runner.takes_rows:
                     x: Any = self._v2_inputs(payload) if v2 else self.runner.from_instances(self._v1_rows(payload))
@@ -241,34 +285,83 @@ if kserve is not None:
                 rows = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
             except ValueError as err:
                 raise InvalidInput(str(err)) from None
+            if rows > self.max_rows:
+                raise TooManyRows(f"{rows} rows in one request, over this server's limit of {self.max_rows}: split the request")
             try:
-                probabilities = self.runner(x)
+                outputs = self.runner(x)
             except Exception as err:  # a model that cannot answer this input: a server error, counted as such
                 raise InferenceError(f"model {self.name} version {self.version} failed: {type(err).__name__}") from None
             ROWS.labels(self.name, self.version).inc(rows)
-            labels = [self.runner.classes[i] for i in probabilities.argmax(axis=1)]
+            base = uuid.uuid4().hex
+            ids = [f"{base}-{i}" for i in range(rows)]
             if response_headers is not None:
                 response_headers[VERSION_HEADER] = self.version
+            self._capture(payload, headers or {}, v2, x, outputs, ids, started)
+            return self._answer(payload, v2, outputs, ids)
+
+        def _answer(self, payload: Any, v2: bool, outputs: np.ndarray, ids: list[str]) -> Any:
+            runner = self.runner
+            if runner.task == CLASSIFICATION:
+                labels = [runner.classes[i] for i in outputs.argmax(axis=1).tolist()]
+                if v2:
+                    tensors = [InferOutput(runner.output, list(outputs.shape), "FP32", outputs.astype(np.float32)),
+                               InferOutput("label", [len(labels)], "BYTES", labels)]
+                else:
+                    rows = [{"label": label, "probabilities": dict(zip(runner.classes, row)), "prediction_id": pid}
+                            for label, row, pid in zip(labels, outputs.tolist(), ids)]
+            else:
+                key = "value" if runner.task == REGRESSION else "score"
+                if v2:
+                    tensors = [InferOutput(runner.output, [len(outputs)], "FP32", outputs.astype(np.float32))]
+                else:
+                    rows = [{key: value, "prediction_id": pid} for value, pid in zip(outputs.tolist(), ids)]
             if v2:
-                outputs = [
-                    InferOutput(OUTPUT, list(probabilities.shape), "FP32", probabilities.astype(np.float32)),
-                    InferOutput("label", [len(labels)], "BYTES", labels),
-                ]
-                return InferResponse(payload.id or str(uuid.uuid4()), self.name, outputs, model_version=self.version)
-            rows = [
-                {"label": label, "probabilities": dict(zip(self.runner.classes, map(float, row)))}
-                for label, row in zip(labels, probabilities)
-            ]
+                tensors.append(InferOutput("prediction_id", [len(ids)], "BYTES", ids))
+                return InferResponse(payload.id or str(uuid.uuid4()), self.name, tensors, model_version=self.version)
             return {"predictions": rows, "model_version": self.version}
+
+        def _check_rows(self, payload: Any, v2: bool) -> None:
+            """Refuses an oversized batch before converting it (the body limit bounds the bytes)."""
+            if v2:
+                sizes = [int(t.shape[0]) for t in payload.inputs if t.shape]
+            else:
+                instances = payload.get("instances") if isinstance(payload, dict) else None
+                sizes = [len(instances)] if isinstance(instances, list) else []
+            if sizes and max(sizes) > self.max_rows:
+                raise TooManyRows(f"{max(sizes)} rows in one request, over this server's limit of {self.max_rows}: split the request")
+
+        def _capture(self, payload: Any, headers: dict[str, str], v2: bool, x: Any, outputs: np.ndarray,
+                     ids: list[str], started: float) -> None:
+            if self.capture is None or not self.capture.enabled:
+                return
+            asked = (payload.parameters or {}) if v2 else payload
+            user = headers.get(USER_HEADER) or asked.get("user_id")
+            consent = headers.get(CONSENT_HEADER, asked.get("consent", True))
+            runner = self.runner
+            answered = Answered(
+                created_at=datetime.now(timezone.utc), ids=ids, model_name=self.name, model_version=self.version,
+                task=runner.task, inputs=x, columns=runner.columns, image=runner.image, outputs=outputs,
+                classes=runner.classes, latency_ms=(time.perf_counter() - started) * 1000,
+                user_id=self._pseudonym(user), consent=_truthy(consent),
+            )
+            self.capture.offer(PREDICTIONS, len(ids), answered)
+
+        def _pseudonym(self, user: Any) -> str | None:
+            if user is None or self._hmac_key is None:
+                return None  # without a key, no id is stored
+            return self._pseudonyms.digest(str(user))
 
         def _v1_instances(self, payload: Any) -> Any:
             if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
                 raise ValueError('expected a JSON body {"instances": [...]}')
             instances = payload["instances"]
+            if instances and isinstance(instances[0], dict) and self.runner.input_name not in instances[0] \
+                    and self.runner.columns.get(self.runner.input_name):  # [{"age": 41, ...}, ...]: by column
+                return self.runner.from_instances(instances)[self.runner.input_name]
             if instances and isinstance(instances[0], dict):  # [{"pixels": [...]}, ...]
                 try:
                     return [row[self.runner.input_name] for row in instances]
-                except KeyError:
+                except (KeyError, TypeError):
                     raise ValueError(f"each instance needs the key {self.runner.input_name!r}") from None
             return instances
 
@@ -291,3 +384,10 @@ if kserve is not None:
             if tensor is None:
                 raise ValueError(f"expected an input tensor named {self.runner.input_name!r}")
             return tensor.as_numpy()
+
+
+def _truthy(value: Any) -> bool:
+    """A consent flag from JSON (true/false) or a header ("true", "false", "1", "0", "yes", "no")."""
+    if isinstance(value, str):
+        return value.strip().lower() not in {"false", "0", "no", "off", ""}
+    return bool(value)

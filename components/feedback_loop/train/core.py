@@ -13,7 +13,8 @@ large share of the rows (thresholds in `TrainParams`), or the production model c
 take the data (new classes, lost columns).
 
 On GPUs: `MirroredStrategy` over all visible GPUs with the global batch scaled by the
-replica count; mixed precision (float16 on GPU, bfloat16 on CPU) and XLA are options.
+replica count; mixed precision (float16 on GPU, bfloat16 on CPU) and XLA are options. On
+several nodes (a TrainJob, see `node`): `MultiWorkerMirroredStrategy` through `multiworker`.
 
 One directory per version:
     model.keras                   the Keras model (evaluation and the custom predictor load it)
@@ -47,7 +48,7 @@ from feedback_loop.errors import SettingsError
 from feedback_loop.layout import MODEL_FILE, REFERENCE_PREDICTIONS_FILE
 from feedback_loop.lineage import code_lineage, data_hash
 from feedback_loop.prepare.windows import decay_weights
-from feedback_loop.train import families
+from feedback_loop.train import families, multiworker
 from feedback_loop.train.data import as_dataset, new_rows_fraction, read_labelled, split_recent, trained_through
 from feedback_loop.train.families import (  # noqa: F401 (re-exported: the stage's public face)
     CLASSIFICATION,
@@ -120,7 +121,10 @@ class TrainResult:
 
 
 def pick_strategy() -> tuple[tf.distribute.Strategy, list[str]]:
-    """MirroredStrategy across GPUs when there are several; the default strategy otherwise."""
+    """MultiWorkerMirroredStrategy when this process is one node of several (see `multiworker`);
+    MirroredStrategy across GPUs when there are several; the default strategy otherwise."""
+    if (nodes := multiworker.active()) is not None:
+        return nodes.strategy, nodes.devices
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if len(gpus) > 1:
         strategy: tf.distribute.Strategy = tf.distribute.MirroredStrategy()
@@ -184,7 +188,11 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 def new_version(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("v%Y%m%d-%H%M%S")
+    """`v<UTC date>-<time>-<microseconds><8 random hex>`: sorts by time; two trainings within
+    one microsecond (on two workers) share a name with odds of 1 in 4 billion."""
+    import secrets
+
+    return (now or datetime.now(UTC)).strftime("v%Y%m%d-%H%M%S-%f") + secrets.token_hex(4)
 
 
 def train(
@@ -263,7 +271,7 @@ def train(
     validation = None
     if val_rows is not None:
         val = family.examples(val_rows, spec, np.random.default_rng(params.seed + 1))
-        validation = as_dataset(val.inputs, val.targets, batch, seed=None)
+        validation = multiworker.validation_dataset(as_dataset(val.inputs, val.targets, batch, seed=None))
     monitor = "val_loss" if validation is not None else "loss"
     early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, patience=params.patience, restore_best_weights=True)
     callbacks = [
@@ -271,17 +279,22 @@ def train(
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(1, params.patience // 2)),
         EpochLogger(params.epochs),
     ]
-    history = model.fit(
-        as_dataset(fit.inputs, fit.targets, batch, seed=params.seed, weights=weights),
-        validation_data=validation,
-        epochs=params.epochs,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles; Keras' own flag only applies to arrays
-        verbose=0,
-    )
+    with multiworker.fitting(model):  # several nodes: each fits its shard of the rows
+        history = model.fit(
+            multiworker.fit_dataset(fit.inputs, fit.targets, batch, params.seed, weights),
+            validation_data=validation,
+            epochs=params.epochs,
+            callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles; Keras' own flag only applies to arrays
+            verbose=0,
+        )
     epochs_run = len(history.history["loss"])
     best = early_stopping.best_epoch if early_stopping.best_weights is not None else epochs_run - 1
     kept = {name: float(values[best]) for name, values in history.history.items() if name != "learning_rate"}
+    model = multiworker.exportable(model)
+    if model is None:  # a worker of several: only the chief writes the version
+        log.info("trained %s for %d epochs; the chief exports", model_name, epochs_run)
+        return TrainResult(version or "", out_dir, kept, epochs_run, best + 1, {})
 
     version = version or new_version()
     reference_rows = val_rows if val_rows is not None else fit_rows.iloc[-_REFERENCE_ROWS:]
@@ -313,6 +326,7 @@ def train(
         **code_lineage(),
         "tf_version": tf.__version__,
         "devices": devices,
+        **multiworker.lineage(),
         "created_at": datetime.now(UTC).isoformat(),
         "parent_version": parent_version or (parent.version if parent else None),
         "feature_importance": permutation_importance(model, family, spec, reference_rows, params.seed),

@@ -15,6 +15,7 @@ import pyarrow as pa
 import tensorflow as tf
 
 from feedback_loop.errors import DataError, ModelNotFound
+from feedback_loop.lineage import validate
 from feedback_loop.layout import LINEAGE_FILE, MODEL_FILE, SAVED_MODEL_DIR, SERVING_VERSION, TEST_DATA_FILE, TRAINING_DATA_FILE
 from feedback_loop.train import families
 from feedback_loop.train.families import CLASSIFICATION
@@ -94,7 +95,8 @@ def load_model(model_dir: Path) -> LoadedModel:
     model_file, lineage_file = model_dir / MODEL_FILE, model_dir / LINEAGE_FILE
     if not model_file.exists() or not lineage_file.exists():
         raise ModelNotFound(f"{model_dir} holds no exported model ({MODEL_FILE} and {LINEAGE_FILE} expected)")
-    return LoadedModel(keras.models.load_model(model_file), json.loads(lineage_file.read_text()))
+    lineage = validate(json.loads(lineage_file.read_text()), str(lineage_file))  # before the (slow) model load
+    return LoadedModel(keras.models.load_model(model_file), lineage)
 
 
 def predict(model: LoadedModel, table: pd.DataFrame | pa.Table) -> np.ndarray:

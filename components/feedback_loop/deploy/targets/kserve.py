@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from typing import Any
 
@@ -40,7 +41,7 @@ class KServeTarget:
         api: Any = None,
         *,
         service_account: str = "",
-        runtime: str = "",
+        runtime: str = isvc.RUNTIME,
         min_replicas: int = 1,
         resources: dict[str, Any] | None = None,
         deployment_mode: str = "Serverless",
@@ -72,8 +73,52 @@ class KServeTarget:
     def read(self) -> RolloutState | None:
         existing = self._get()
         raw = _annotation(existing)
+        if existing is not None and not raw:
+            # Without state the loop would see "nothing serves" and replace production outright.
+            raise DeploymentError(
+                f"InferenceService {self.namespace}/{self.name} serves without rollout state: run "
+                "`feedback-loop adopt --model <file.keras> --data <training data> --label <column>` first, "
+                "so the loop knows the model in production and never replaces it unchecked"
+            )
         self._seen = (existing["metadata"].get("resourceVersion", ""), raw) if existing else None
-        return RolloutState.from_json(raw) if raw else None
+        return RolloutState.from_json(raw, f"annotation {ROLLOUT_ANNOTATION} of InferenceService {self.namespace}/{self.name}") if raw else None
+
+    def serving_uri(self) -> str:
+        """The storageUri of an InferenceService the loop does not manage yet (what `adopt` takes over)."""
+        existing = self._get()
+        if existing is None:
+            raise DeploymentError(f"no InferenceService {self.namespace}/{self.name} to adopt: apply it first, or adopt on the local target")
+        if _annotation(existing):
+            raise DeploymentError(f"InferenceService {self.namespace}/{self.name} is already managed (it has rollout state): nothing to adopt")
+        predictor = (existing.get("spec") or {}).get("predictor") or {}
+        uri = (predictor.get("model") or {}).get("storageUri")
+        if not uri:
+            raise DeploymentError(
+                f"InferenceService {self.namespace}/{self.name} has no spec.predictor.model.storageUri, which the rollout "
+                "writes: declare the predictor as `model:` with a storageUri (KServe's current form) and adopt again"
+            )
+        if predictor.get("canaryTrafficPercent") not in (None, 100):
+            raise DeploymentError(
+                f"InferenceService {self.namespace}/{self.name} is in a canary ({predictor['canaryTrafficPercent']} %): "
+                "finish or remove it, then adopt the version that serves"
+            )
+        self._seen = (existing["metadata"].get("resourceVersion", ""), None)
+        return str(uri)
+
+    def adopt(self, state: RolloutState, *, repoint: bool = False) -> None:
+        """Records `state` on the InferenceService `serving_uri` read: only the annotation changes, so
+        traffic, runtime and replicas stay; with `repoint`, the storageUri moves to the adopted copy."""
+        seen_version = self._seen[0] if self._seen else ""
+        patch: dict[str, Any] = {"metadata": {"annotations": {ROLLOUT_ANNOTATION: state.to_json()}}}
+        if seen_version:
+            patch["metadata"]["resourceVersion"] = seen_version  # compare-and-swap with what serving_uri read
+        if repoint and state.stable is not None:
+            patch["spec"] = {"predictor": {"model": {"storageUri": state.stable.storage_uri}}}
+        try:
+            self._call("patch", name=self.name, body=patch)
+        except _Conflict:
+            raise RolloutConflict(f"InferenceService {self.namespace}/{self.name} changed while it was adopted: run adopt again") from None
+        self._seen = None
 
     def observe(self, state: RolloutState) -> Observation:
         """Whether the canary's revision is ready and carries its share, as KServe reports it.
@@ -183,17 +228,33 @@ class KServeTarget:
         if verb != "get":
             # Refuse, rather than silently prune, a field the CRD does not know.
             kwargs["field_validation"] = "Strict"
-        try:
-            return method(isvc.GROUP, isvc.VERSION, self.namespace, isvc.PLURAL, **kwargs)
-        except (ApiException, HTTPError) as err:  # HTTPError: the API server is unreachable
-            status = getattr(err, "status", None)
-            if verb == "get" and status == 404:
-                return None
-            if verb == "patch" and status == 409:
-                raise _Conflict() from None
-            cause = " ".join(str(p) for p in (status, _api_message(err)) if p)
-            hint = _HINTS.get(status, "check the cluster and the KServe controller")
-            raise DeploymentError(f"{verb} InferenceService {self.namespace}/{self.name} failed ({cause}): {hint}") from None
+        # An API server restarting or overloaded answers 5xx or 429 for a moment: a read, and a patch
+        # (compare-and-swap on resourceVersion, or the same merge again) are safe to send again.
+        attempts = API_ATTEMPTS if verb in ("get", "patch") else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return method(isvc.GROUP, isvc.VERSION, self.namespace, isvc.PLURAL, **kwargs)
+            except (ApiException, HTTPError) as err:  # HTTPError: the API server is unreachable
+                status = getattr(err, "status", None)
+                if attempt < attempts and (status in _TRANSIENT or (status is None and isinstance(err, HTTPError))):
+                    time.sleep(min(0.5 * 2 ** (attempt - 1), 4.0))
+                    continue
+                return self._failed(verb, err)
+
+    def _failed(self, verb: str, err: Exception) -> None:
+        """The answer that ends the attempts: 404 on a get is "none", the rest one line."""
+        status = getattr(err, "status", None)
+        if verb == "get" and status == 404:
+            return None
+        if verb == "patch" and status == 409:
+            raise _Conflict() from None
+        cause = " ".join(str(p) for p in (status, _api_message(err)) if p)
+        hint = _HINTS.get(status, "check the cluster and the KServe controller")
+        raise DeploymentError(f"{verb} InferenceService {self.namespace}/{self.name} failed ({cause}): {hint}") from None
+
+
+API_ATTEMPTS = 4
+_TRANSIENT = (429, 500, 502, 503, 504)
 
 
 class _Conflict(Exception):
@@ -242,15 +303,6 @@ def deployment_mode(obj: dict[str, Any]) -> str:
 
 
 def _custom_objects_api() -> Any:
-    from kubernetes import client, config
+    from feedback_loop.kube import custom_objects_api
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as err:
-            raise DeploymentError(
-                f"no Kubernetes credentials ({err}): run in the cluster with the deploy ServiceAccount, or set KUBECONFIG"
-            ) from None
-    return client.CustomObjectsApi()
+    return custom_objects_api(DeploymentError, "run in the cluster with the deploy ServiceAccount, or set KUBECONFIG")

@@ -30,7 +30,7 @@ class LocalTarget:
 
     def read(self) -> RolloutState | None:
         data, self._seen = storage.read_versioned(self.uri)
-        return RolloutState.from_json(data) if data is not None else None
+        return RolloutState.from_json(data, self.uri) if data is not None else None
 
     def write(self, state: RolloutState) -> None:
         data = (state.to_json(indent=2) + "\n").encode()

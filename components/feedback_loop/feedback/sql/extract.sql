@@ -18,6 +18,8 @@ SELECT p.id, p.created_at, p.model_version, p.answer AS predicted_label, p.confi
        CASE WHEN p.reason IS NULL THEN p.label END AS label,
        CASE
            WHEN p.confidence IS NOT NULL AND NOT (p.confidence BETWEEN 0 AND 1) THEN 'confidence_out_of_range'
+           -- PostgreSQL's NaN equals NaN: one such latency would make every latency figure NaN.
+           WHEN p.latency_ms IN ('NaN', 'Infinity', '-Infinity') THEN 'non_finite_latency'
            WHEN p.answer IS NULL THEN 'null_label'
            WHEN {answer_unknown} THEN 'unknown_label'
        END AS excluded,

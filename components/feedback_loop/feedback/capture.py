@@ -1,0 +1,111 @@
+"""Writes what the model server captured (predictions, feedback answers) into the feedback store.
+
+The model server's writer thread calls these with batches it built off the request path;
+the tables and columns are the ones the serving app wrote by hand before (migration 1 and 2).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+from psycopg2.extras import execute_values
+
+from feedback_loop.feedback import queries
+from feedback_loop.feedback.store import Tables
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One row of `predictions`; `features` are the summary features (never raw inputs)."""
+
+    id: str
+    created_at: datetime
+    model_name: str
+    model_version: str
+    features: dict[str, Any]
+    predicted_label: str | None
+    predicted_value: float | None
+    confidence: float | None
+    latency_ms: float
+    user_id: str | None
+    consent: bool
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """One row of `feedback`: the answer to one prediction."""
+
+    prediction_id: str
+    created_at: datetime
+    is_correct: bool
+    corrected_label: str | None = None
+    comment: str | None = None
+
+
+def connect(dsn: str) -> psycopg2.extensions.connection:
+    """One attempt, a short timeout: the model server's writer retries on its own schedule."""
+    return psycopg2.connect(dsn, connect_timeout=3, options="-c TimeZone=UTC")
+
+
+def transient(err: Exception) -> bool:
+    """A lost or refused connection (worth retrying), not rows the database refuses (a data or
+    schema error, rows that cannot be sent: retrying cannot help)."""
+    return isinstance(err, (psycopg2.OperationalError, psycopg2.InterfaceError))
+
+
+def _dumps(value: Any) -> str:
+    # NaN and infinities are not JSON: PostgreSQL's jsonb refuses them, and the batch with them.
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+_NULL = "\\N"  # COPY's NULL marker here: an empty field stays an empty text
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return _NULL
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def write_predictions(conn: psycopg2.extensions.connection, rows: Sequence[PredictionRow], tables: Tables = Tables()) -> int:
+    """Inserts `rows` in one transaction (ids already present are skipped); returns the rows given.
+
+    A binary-safe CSV COPY: a few times cheaper per row than INSERT ... VALUES, which matters
+    because the writer shares its process (and CPU) with the requests.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerows(
+        [_csv_value(v) for v in (r.id, r.created_at, r.model_name, r.model_version, _dumps(r.features), r.predicted_label,
+                                 r.predicted_value, r.confidence, r.latency_ms, r.user_id, r.consent)]
+        for r in rows
+    )
+    buffer.seek(0)
+    table = sql.Identifier(tables.predictions)
+    with conn, conn.cursor() as cur:
+        cur.execute(queries.compose("stage_predictions", predictions=table))
+        cur.copy_expert(queries.text("copy_predictions"), buffer)
+        cur.execute(queries.compose("move_predictions", predictions=table))
+    return len(rows)
+
+
+def write_feedback(conn: psycopg2.extensions.connection, rows: Sequence[FeedbackRow], tables: Tables = Tables()) -> int:
+    """Inserts the answers in one transaction; returns how many."""
+    statement = queries.compose("insert_feedback", feedback=sql.Identifier(tables.feedback))
+    values = [(r.prediction_id, r.created_at, r.is_correct, r.corrected_label, r.comment) for r in rows]
+    with conn, conn.cursor() as cur:
+        execute_values(cur, statement, values, page_size=max(1, len(values)))
+    return len(values)

@@ -1,0 +1,201 @@
+"""What the model server adds to KServe's REST app: limits a hostile client meets, short
+errors, and the feedback endpoint.
+
+- A body over `max_body_bytes` is refused with 413 before it is read (Content-Length) or as
+  soon as the bytes received pass the limit (chunked), so it never becomes Python objects.
+- Every error answer is `{"error": "<one line>"}`, cut to `ERROR_CHARS` characters; so is its
+  log line. A client's error (4xx) is logged without a traceback.
+- `POST /v1/feedback` takes `{"prediction_id", "is_correct", "corrected_label"?, "comment"?}`
+  and queues it for the feedback store (202); an id the store does not know is kept, and the
+  extraction counts it as an orphan.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from datetime import datetime, timezone
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import JSONResponse
+
+from feedback_loop.feedback.capture import FeedbackRow
+from feedback_loop.serving.capture import FEEDBACK, Capture
+
+log = logging.getLogger(__name__)
+
+ERROR_CHARS = 300
+FEEDBACK_PATH = "/v1/feedback"
+FEEDBACK_BODY_BYTES = 16 << 10
+# Longest texts an answer may carry (characters).
+MAX_ID, MAX_LABEL, MAX_COMMENT = 200, 200, 2000
+
+
+class TooLarge(Exception):
+    """A request over a limit: 413."""
+
+
+class BadFeedback(Exception):
+    """A feedback answer that cannot be stored as given: 400."""
+
+
+def cut(text: str, limit: int = ERROR_CHARS) -> str:
+    """One line of at most `limit` characters, saying how much was left out."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else f"{line[:limit]}... ({len(line) - limit} more characters)"
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, declared or received."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, send, int(declared))
+            return
+        received = 0
+        started = False
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise TooLarge(self._message(received, at_least=True))
+            return message
+
+        async def watched(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except TooLarge:
+            if not started:
+                await self._refuse(scope, send, received)
+
+    def _message(self, size: int, at_least: bool = False) -> str:
+        return (f"request body of {'more than ' if at_least else ''}{size} bytes is over this server's limit of {self.max_bytes}: "
+                "send fewer rows per request")
+
+    async def _refuse(self, scope: dict, send: Any, size: int) -> None:
+        message = self._message(size)
+        log.warning("413 %s: %s", cut(scope.get("path", ""), 100), message)
+        response = JSONResponse({"error": message}, status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        # The rest of the body is not read: close the connection rather than leave it half read.
+        response.headers["connection"] = "close"
+        await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> dict:
+    return {"type": "http.disconnect"}
+
+
+def install(app: FastAPI, capture: Capture, max_body_bytes: int) -> None:
+    """Adds the body limit, the short error handlers and the feedback route to KServe's app."""
+    from kserve import errors as kserve_errors
+
+    from feedback_loop.serving.model import TooManyRows
+
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    statuses: dict[type[BaseException], int] = {
+        TooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        TooManyRows: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        BadFeedback: HTTPStatus.BAD_REQUEST,
+        RequestValidationError: HTTPStatus.BAD_REQUEST,
+        kserve_errors.InvalidInput: HTTPStatus.BAD_REQUEST,
+        kserve_errors.ModelNotFound: HTTPStatus.NOT_FOUND,
+        kserve_errors.ModelNotReady: HTTPStatus.SERVICE_UNAVAILABLE,
+        kserve_errors.InferenceError: HTTPStatus.INTERNAL_SERVER_ERROR,
+        NotImplementedError: HTTPStatus.NOT_IMPLEMENTED,
+        kserve_errors.UnsupportedProtocol: HTTPStatus.NOT_IMPLEMENTED,
+        kserve_errors.ServerNotLive: HTTPStatus.SERVICE_UNAVAILABLE,
+        kserve_errors.ServerNotReady: HTTPStatus.SERVICE_UNAVAILABLE,
+        Exception: HTTPStatus.INTERNAL_SERVER_ERROR,
+    }
+    for exc_class, status in statuses.items():
+        app.add_exception_handler(exc_class, _handler(status))
+    app.add_api_route(FEEDBACK_PATH, _feedback_endpoint(capture), methods=["POST"], status_code=HTTPStatus.ACCEPTED)
+
+
+def _handler(status: int) -> Any:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RequestValidationError):
+            first = (exc.errors() or [{}])[0]
+            where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+            text = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid request"))
+        else:
+            text = str(exc) or type(exc).__name__
+        if status == HTTPStatus.INTERNAL_SERVER_ERROR and not str(exc):
+            text = type(exc).__name__
+        message = cut(text)
+        where = cut(request.url.path, 100)
+        if status >= 500:
+            # Frames only: the exception's own text, however long, is logged cut, above.
+            frames = "".join(traceback.format_tb(exc.__traceback__)) if not _expected(exc) else ""
+            log.error("%d %s: %s%s", status, where, message, f"\n{frames.rstrip()}" if frames else "")
+        else:
+            log.warning("%d %s: %s", status, where, message)
+        return JSONResponse({"error": message}, status_code=status)
+
+    return handle
+
+
+def _expected(exc: Exception) -> bool:
+    """Errors whose message says it all: a model that failed on an input, a model not ready."""
+    from kserve import errors as kserve_errors
+
+    return isinstance(exc, (kserve_errors.InferenceError, kserve_errors.ModelNotReady, kserve_errors.ServerNotReady))
+
+
+def _feedback_endpoint(capture: Capture) -> Any:
+    async def feedback(request: Request) -> JSONResponse:
+        body = await request.body()
+        if len(body) > FEEDBACK_BODY_BYTES:
+            raise TooLarge(f"a feedback answer is at most {FEEDBACK_BODY_BYTES} bytes, this one has {len(body)}")
+        row = parse_feedback(body)
+        if not capture.enabled:
+            return JSONResponse({"error": "feedback is not taken here: this server captures nothing (start it with DATABASE_URL set)"},
+                                  status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+        if not capture.offer(FEEDBACK, 1, [row]):
+            return JSONResponse({"error": "the feedback queue is full (the feedback database is away): send the answer again later"},
+                                  status_code=HTTPStatus.SERVICE_UNAVAILABLE, headers={"retry-after": "5"})
+        return JSONResponse({"prediction_id": row.prediction_id, "accepted": True}, status_code=HTTPStatus.ACCEPTED)
+
+    return feedback
+
+
+def parse_feedback(body: bytes) -> FeedbackRow:
+    """The answer in a feedback request, validated; `BadFeedback` names the first thing wrong."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadFeedback('expected a JSON object {"prediction_id": "...", "is_correct": true|false}') from None
+    if not isinstance(data, dict):
+        raise BadFeedback('expected a JSON object {"prediction_id": "...", "is_correct": true|false}')
+    if unknown := sorted(set(data) - {"prediction_id", "is_correct", "corrected_label", "comment"}):
+        raise BadFeedback(f"unknown fields {', '.join(unknown)}: send prediction_id, is_correct, corrected_label, comment")
+    prediction_id = data.get("prediction_id")
+    if not isinstance(prediction_id, str) or not prediction_id.strip() or len(prediction_id) > MAX_ID:
+        raise BadFeedback(f"prediction_id must be the non-empty text a prediction answered with (at most {MAX_ID} characters)")
+    if not isinstance(data.get("is_correct"), bool):
+        raise BadFeedback("is_correct must be true or false")
+    texts = {}
+    for key, limit in (("corrected_label", MAX_LABEL), ("comment", MAX_COMMENT)):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            raise BadFeedback(f"{key} must be text of at most {limit} characters, or absent")
+        texts[key] = value or None
+    return FeedbackRow(prediction_id, datetime.now(timezone.utc), data["is_correct"], texts["corrected_label"], texts["comment"])

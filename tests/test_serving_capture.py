@@ -1,0 +1,232 @@
+"""Prediction capture and the model server's HTTP additions, without TensorFlow: the bounded
+queue and its writer against a real PostgreSQL (stopped and started again mid-run), the
+feedback endpoint, the body limit and the short error answers on KServe's real FastAPI app."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import psycopg2
+import pytest
+from fastapi import Request
+
+from serving_helpers import StoppablePostgres
+
+from feedback_loop.feedback.capture import FeedbackRow, PredictionRow
+from feedback_loop.serving import http
+from feedback_loop.serving.capture import FEEDBACK, PREDICTIONS, Capture, CaptureConfig, rows_as_given
+from feedback_loop.serving.records import Answered, image_summary, prediction_rows, prediction_rows_many
+
+
+def rows_of(n: int, prefix: str, version: str = "v1") -> list[PredictionRow]:
+    now = datetime.now(timezone.utc)
+    return [PredictionRow(f"{prefix}-{i}", now, "m", version, {"f0": float(i), "city": "Lyon"}, "cat", None, 0.9, 1.5, None, True)
+            for i in range(n)]
+
+
+def offer(capture: Capture, n: int, prefix: str) -> bool:
+    return capture.offer(PREDICTIONS, n, rows_of(n, prefix))
+
+
+def capture_of(**config: Any) -> Capture:
+    """A capture whose prediction payloads are table rows already (the server's are answered requests)."""
+    return Capture(CaptureConfig(**config), builders={PREDICTIONS: rows_as_given}).start()
+
+
+def wait_for(condition: Any, timeout: float = 15.0) -> float:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError("condition not met")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def fetch(dsn: str, query: str) -> list[tuple]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_capture_writes_every_row_in_batches(database_url: str) -> None:
+    capture = capture_of(dsn=database_url, batch_rows=100)
+    try:
+        for i in range(30):
+            assert offer(capture, 7, f"r{i}")
+        wait_for(lambda: capture.written[PREDICTIONS] == 210)
+        capture.offer(FEEDBACK, 1, [FeedbackRow("r0-0", datetime.now(timezone.utc), False, "dog", "wrong")])
+        wait_for(lambda: capture.written[FEEDBACK] == 1)
+    finally:
+        capture.stop()
+    assert fetch(database_url, "SELECT count(*), count(DISTINCT id), min(model_version) FROM predictions") == [(210, 210, "v1")]
+    (features,) = fetch(database_url, "SELECT features FROM predictions WHERE id = 'r3-2'")[0]
+    assert features == {"f0": 2.0, "city": "Lyon"}
+    assert fetch(database_url, "SELECT prediction_id, is_correct, corrected_label, comment FROM feedback") == [("r0-0", False, "dog", "wrong")]
+    assert capture.counts()["dropped"] == {PREDICTIONS: 0, FEEDBACK: 0} and capture.depth() == 0
+
+
+def test_capture_off_drops_and_counts() -> None:
+    capture = capture_of(dsn=None)
+    assert not capture.enabled and not offer(capture, 3, "x")
+    assert capture.counts()["dropped"][PREDICTIONS] == 3 and capture.depth() == 0
+
+
+def test_rows_the_database_refuses_are_counted_not_retried_forever(database_url: str) -> None:
+    capture = capture_of(dsn=database_url)
+    try:
+        bad = [PredictionRow("bad", datetime.now(timezone.utc), "m", "v1", {}, None, None, None, 1.0, None, True)]
+        bad = [bad[0].__class__(**{**bad[0].__dict__, "model_version": None})]  # NOT NULL column
+        capture.offer(PREDICTIONS, 1, bad)
+        wait_for(lambda: capture.failed_rows == 1)
+        assert offer(capture, 2, "good")
+        wait_for(lambda: capture.written[PREDICTIONS] == 2)
+    finally:
+        capture.stop()
+
+
+@pytest.mark.slow
+def test_a_database_outage_never_blocks_and_its_loss_is_counted_exactly() -> None:
+    """Requests keep offering while PostgreSQL is stopped: nothing blocks, the queue fills, what
+    does not fit is dropped and counted, and capture resumes once the database is back."""
+    db = StoppablePostgres()
+    capture = capture_of(dsn=db.dsn, queue_rows=300, retry_s=0.2)
+    slowest = [0.0]
+    stop = threading.Event()
+    sent = [0]
+
+    def requests() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            offer(capture, 3, f"q{sent[0]}")
+            slowest[0] = max(slowest[0], time.perf_counter() - started)
+            sent[0] += 1
+            time.sleep(0.005)
+
+    client = threading.Thread(target=requests)
+    try:
+        client.start()
+        wait_for(lambda: capture.written[PREDICTIONS] > 100)
+        db.stop()
+        wait_for(lambda: capture.dropped[PREDICTIONS] > 0, timeout=30)  # the queue filled during the outage
+        assert not capture.database_up
+        db.start()
+        back = time.monotonic()
+        written_then = capture.written[PREDICTIONS]
+        wait_for(lambda: capture.written[PREDICTIONS] > written_then + 300, timeout=15)
+        resumed = time.monotonic() - back
+        stop.set()
+        client.join()
+        wait_for(lambda: capture.depth() == 0)
+    finally:
+        stop.set()
+        capture.stop()
+    try:
+        counts = capture.counts()
+        offered, dropped = counts["offered"][PREDICTIONS], counts["dropped"][PREDICTIONS]
+        assert offered == 3 * sent[0] and counts["failed_rows"] == 0
+        assert db.count() == offered - dropped  # every prediction not counted as dropped is in the table
+        assert dropped > 0 and dropped % 3 == 0
+        assert resumed < 5.0, f"capture resumed {resumed:.1f} s after the database returned"
+        assert slowest[0] < 0.05, f"an offer took {slowest[0] * 1000:.1f} ms"
+    finally:
+        db.close()
+
+
+def test_image_summary_matches_the_demos_statistics() -> None:
+    from feedback_loop.demo.images import summary_features
+
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28)).astype(np.uint8)
+    ours = image_summary(images.astype(np.float32))
+    for name, values in summary_features(images).items():
+        np.testing.assert_allclose(ours[name], values, rtol=1e-5, atol=1e-6)
+
+
+def test_prediction_rows_hold_summaries_never_pixels() -> None:
+    pixels = np.random.default_rng(1).uniform(0, 255, size=(2, 28, 28)).astype(np.float32)
+    answered = Answered(datetime.now(timezone.utc), ["a-0", "a-1"], "m", "v3", "classification", {"pixels": pixels}, {}, True,
+                        np.array([[0.2, 0.8], [0.7, 0.3]], np.float32), ["cat", "dog"], 2.5, "digest", False)
+    rows = prediction_rows(answered)
+    assert [(r.id, r.predicted_label, round(r.confidence, 3), r.consent) for r in rows] == [("a-0", "dog", 0.8, False), ("a-1", "cat", 0.7, False)]
+    assert set(rows[0].features) == {"brightness", "contrast", "sharpness", "ink"}
+    # The writer computes the statistics of many requests at once: the same rows as one by one.
+    more = [Answered(answered.created_at, [f"c{i}-0"], "m", "v3", "classification", {"pixels": pixels[i:i + 1] * 0.5}, {}, True,
+                     answered.outputs[i:i + 1], ["cat", "dog"], 1.0, None, True) for i in range(2)]
+    batch = [answered, *more]
+    assert prediction_rows_many(batch) == [row for a in batch for row in prediction_rows(a)]
+    tabular = Answered(datetime.now(timezone.utc), ["b-0"], "m", "v3", "regression",
+                       {"features": np.array([[1.0, float("nan")]], np.float32), "categories": np.array([["Lyon"]], object)},
+                       {"features": ["age", "income"], "categories": ["city"]}, False, np.array([[41.5]], np.float32), [], 1.0, None, True)
+    (row,) = prediction_rows(tabular)
+    assert row.features == {"age": 1.0, "income": None, "city": "Lyon"} and row.predicted_value == 41.5 and row.predicted_label is None
+
+
+# --- HTTP: KServe's FastAPI app with ours installed --------------------------------------------------
+
+
+@pytest.fixture
+def client(database_url: str) -> Any:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from kserve.errors import InvalidInput
+
+    app = FastAPI()
+    capture = Capture(CaptureConfig(dsn=database_url)).start()
+    http.install(app, capture, max_body_bytes=4096)
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict:
+        raise InvalidInput("bad input: " + (await request.body()).decode())
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        test_client.capture = capture
+        yield test_client
+    capture.stop()
+
+
+def test_feedback_endpoint_validates_and_queues(client: Any, database_url: str) -> None:
+    answer = client.post(http.FEEDBACK_PATH, json={"prediction_id": "p-1", "is_correct": False, "corrected_label": "dog"})
+    assert answer.status_code == 202 and answer.json() == {"prediction_id": "p-1", "accepted": True}
+    wait_for(lambda: client.capture.written[FEEDBACK] == 1)
+    assert fetch(database_url, "SELECT prediction_id, is_correct, corrected_label FROM feedback") == [("p-1", False, "dog")]
+    for body, expected in [
+        ({"is_correct": True}, "prediction_id must be"),
+        ({"prediction_id": "p", "is_correct": "yes"}, "is_correct must be true or false"),
+        ({"prediction_id": "p", "is_correct": True, "rating": 5}, "unknown fields rating"),
+        ({"prediction_id": "p", "is_correct": True, "comment": "x" * 2100}, "comment must be text of at most 2000"),
+    ]:
+        answer = client.post(http.FEEDBACK_PATH, json=body)
+        assert answer.status_code == 400 and expected in answer.json()["error"], answer.json()
+    assert client.post(http.FEEDBACK_PATH, content=b"{not json").status_code == 400
+
+
+def test_bodies_over_the_limit_get_413_declared_or_streamed(client: Any) -> None:
+    big = json.dumps({"instances": [[0.5] * 1000]}).encode()
+    answer = client.post("/echo", content=big, headers={"content-type": "application/json"})
+    assert answer.status_code == 413 and "over this server's limit of 4096" in answer.json()["error"]
+
+    def chunks() -> Any:  # no Content-Length: counted as it arrives
+        for _ in range(10):
+            yield b"x" * 1000
+
+    answer = client.post("/echo", content=chunks())
+    assert answer.status_code == 413
+
+
+def test_errors_are_cut_short_in_the_answer_and_the_log(client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        answer = client.post("/echo", content=b"y" * 1900)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert len(error) < http.ERROR_CHARS + 60 and error.endswith("more characters)")
+    logged = [r.getMessage() for r in caplog.records if "/echo" in r.getMessage()]
+    assert logged and all(len(m) < http.ERROR_CHARS + 120 for m in logged)
+    assert not any(r.exc_info for r in caplog.records), "a client's error is logged without a traceback"
