@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,16 +40,23 @@ def postgres_server() -> Iterator[str]:
 @pytest.fixture
 def database_url(postgres_server: str) -> Iterator[str]:
     """A fresh, migrated database for one test; dropped afterwards."""
+    with migrated_database(postgres_server) as dsn:
+        yield dsn
+
+
+@contextlib.contextmanager
+def migrated_database(server: str) -> Iterator[str]:
+    """A fresh database on `server` with the loop's schema; dropped on exit."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin(postgres_server, f'CREATE DATABASE "{name}"')
-    dsn = make_dsn(**{**parse_dsn(postgres_server), "dbname": name})
+    admin(server, f'CREATE DATABASE "{name}"')
+    dsn = make_dsn(**{**parse_dsn(server), "dbname": name})
     conn = store.connect(dsn)
     store.migrate(conn)
     conn.close()
     try:
         yield dsn
     finally:
-        admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def admin(dsn: str, statement: str) -> None:

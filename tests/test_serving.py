@@ -174,21 +174,10 @@ def test_server_stops_on_sigterm(versions: Path) -> None:
 
 @pytest.fixture(scope="module")
 def capture_dsn(postgres_server: str) -> Iterator[str]:
-    import uuid
+    from conftest import migrated_database
 
-    from psycopg2.extensions import make_dsn, parse_dsn
-
-    from conftest import admin
-    from feedback_loop.feedback import store
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin(postgres_server, f'CREATE DATABASE "{name}"')
-    dsn = make_dsn(**{**parse_dsn(postgres_server), "dbname": name})
-    conn = store.connect(dsn)
-    store.migrate(conn)
-    conn.close()
-    yield dsn
-    admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with migrated_database(postgres_server) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")

@@ -87,8 +87,9 @@ def _evidence_lines(e: dict[str, Any]) -> list[str]:
     b = e.get("baseline")
     if not b:
         return lines + [f"No baseline: {e.get('reason') or 'unknown'}.", ""]
-    pct = b["metric"] == "error_rate"
-    fmt = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.4g}")
+    def fmt(value: float) -> str:
+        return ev.fmt(b["metric"], value)
+
     lines += ["| | " + ev.label(b["metric"]) + " | interval | rows |", "|---|---|---|---|",
               f"| production, baseline ({b['source']}) | {fmt(b['value'])} | | {b['rows']} |"]
     for key, name in (("fresh", "fresh feedback (window)"), ("since_attempt", "fresh feedback since the attempt")):

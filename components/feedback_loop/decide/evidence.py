@@ -186,10 +186,11 @@ def describe(metric: str, sample: Sample, alpha: float) -> str:
     """"23.0% [19.1%, 27.4%] on 400 answers" (or the mse), with the (1 − 2·alpha) interval."""
     lo, hi = sample.interval(metric, 1 - 2 * alpha)
     what = "answers" if metric == "error_rate" else "corrected values"
-    return f"{_fmt(metric, sample.mean)} [{_fmt(metric, lo)}, {_fmt(metric, hi)}] on {sample.rows} {what}"
+    return f"{fmt(metric, sample.mean)} [{fmt(metric, lo)}, {fmt(metric, hi)}] on {sample.rows} {what}"
 
 
-def _fmt(metric: str, value: float) -> str:
+def fmt(metric: str, value: float) -> str:
+    """An error rate as a percentage, an mse with four significant digits."""
     return f"{value:.1%}" if metric == "error_rate" else f"{value:.4g}"
 
 

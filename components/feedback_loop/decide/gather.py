@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from feedback_loop import storage
-from feedback_loop.decide.evidence import METRICS, Attempt, Baseline, Evidence, Sample
+from feedback_loop.decide.evidence import METRICS, Attempt, Baseline, Evidence, Sample, fmt
 from feedback_loop.decide.signals import Signals
 from feedback_loop.layout import LINEAGE_FILE, REFERENCE_PREDICTIONS_FILE
 
@@ -157,8 +157,7 @@ def pool(baseline: Baseline, first_days: "Tally", days: float) -> Baseline:
 
 
 def _shown(metric: str, sample: Sample) -> str:
-    value = f"{sample.mean:.1%}" if metric == "error_rate" else f"{sample.mean:.4g}"
-    return f"{value} on {sample.rows}"
+    return f"{fmt(metric, sample.mean)} on {sample.rows}"
 
 
 def last_attempt(dsn: str, model_name: str, after: str | None) -> Attempt | None:

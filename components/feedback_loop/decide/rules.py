@@ -91,7 +91,7 @@ def performance(s: Signals, p: Policy) -> tuple[bool, str]:
         fired = t.fired
         detail = (
             f"fresh {ev.label(metric)} {ev.describe(metric, sample, p.performance_alpha)} ({window}){since} vs {base}; "
-            f"H0 fresh ≤ {_fmt(metric, t.threshold)} (+{p.performance_margin:.0%}): one-sided {t.name} = {t.statistic:.2f}, "
+            f"H0 fresh ≤ {ev.fmt(metric, t.threshold)} (+{p.performance_margin:.0%}): one-sided {t.name} = {t.statistic:.2f}, "
             f"p = {t.p_value:.3g} ({_cmp(t.fired, '<', '≥')} {p.performance_alpha:g} / {tested} windows)"
         )
     if judged is not None and e.attempt and e.attempt.sample and not fired and n >= ev.MIN_TEST_ROWS:
@@ -99,14 +99,10 @@ def performance(s: Signals, p: Policy) -> tuple[bool, str]:
         again = ev.worse_than(judged, e.attempt.sample, 0.0, p.performance_alpha, metric)
         fired = again.fired
         detail += (
-            f"; vs the attempt's {_fmt(metric, e.attempt.sample.mean)} on {e.attempt.sample.rows}: "
+            f"; vs the attempt's {ev.fmt(metric, e.attempt.sample.mean)} on {e.attempt.sample.rows}: "
             f"p = {again.p_value:.3g} ({_cmp(again.fired, '<', '≥')} {p.performance_alpha:g})"
         )
     return fired, detail
-
-
-def _fmt(metric: str, value: float) -> str:
-    return f"{value:.1%}" if metric == "error_rate" else f"{value:.4g}"
 
 
 @rule("first_model")
