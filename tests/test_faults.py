@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
+import psycopg2
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -30,7 +31,7 @@ from feedback_loop.cli import main
 from feedback_loop.dataset import write_parquet
 from feedback_loop.drift import core as drift
 from feedback_loop.errors import DatabaseAuthFailed, DatabaseLost, DatabaseUrlInvalid, FeedbackSchemaError
-from feedback_loop.feedback import core, store
+from feedback_loop.feedback import capture, core, store
 from feedback_loop.feedback.component import extract_feedback
 from feedback_loop.feedback.pseudonyms import Pseudonymizer
 from feedback_loop.feedback.stats import Accumulator
@@ -132,6 +133,10 @@ def test_malformed_dsn_is_one_line_without_the_password() -> None:
         message = str(caught.value)
         assert "\n" not in message and secret not in message and "w0rd" not in message
         assert "percent-encode" in message
+        # The model server's capture writer logs its connection errors: the same one line.
+        with pytest.raises(psycopg2.Error) as caught:
+            capture.connect(dsn)
+        assert "\n" not in str(caught.value) and secret not in str(caught.value) and "w0rd" not in str(caught.value)
 
 
 def test_missing_schema_in_check_is_one_line(postgres_server: str, tmp_path: Path) -> None:

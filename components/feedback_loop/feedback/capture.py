@@ -20,7 +20,7 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from feedback_loop.feedback import queries
-from feedback_loop.feedback.store import Tables
+from feedback_loop.feedback.store import Tables, classify
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,13 @@ class FeedbackRow:
 
 
 def connect(dsn: str) -> psycopg2.extensions.connection:
-    """One attempt, a short timeout: the model server's writer retries on its own schedule."""
-    return psycopg2.connect(dsn, connect_timeout=3, options="-c TimeZone=UTC")
+    """One attempt, a short timeout: the model server's writer retries on its own schedule. The
+    driver's own text can echo the DSN (a password with a '/'): the error keeps its type, so the
+    writer still knows what to retry, and carries the store's one line, DSN withheld."""
+    try:
+        return psycopg2.connect(dsn, connect_timeout=3, options="-c TimeZone=UTC")
+    except psycopg2.Error as err:
+        raise type(err)(str(classify(err, dsn))) from None
 
 
 def transient(err: Exception) -> bool:
