@@ -100,6 +100,7 @@ def build_pipeline(accelerator_type: str = ACCELERATOR_TYPE, accelerator_count: 
                     feedback=feedback.outputs["feedback"],
                     reference_data_uri=production["reference_data_uri"],
                     production_model_uri=production["production_model_uri"],
+                    holdout_from=decision.outputs["holdout_from"],
                 ))
                 training = step(
                     train_model, p,

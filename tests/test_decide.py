@@ -232,7 +232,7 @@ def test_wrapper_reads_the_metrics_writes_markdown_and_records_the_run(database_
     markdown = dsl.Markdown(uri=str(tmp_path / "decision.md"))
     retrain = decide_retrain.python_func(
         stats=stats, feedback=empty_feedback(tmp_path), drift_metrics=dsl.Metrics(uri=str(tmp_path / "drift")), decision=markdown,
-        model_name="m", is_drift=True, run_name="run-1", rules=["user_feedback", "input_drift", "keywords"],
+        holdout_from=str(tmp_path / "holdout_from"), model_name="m", is_drift=True, run_name="run-1", rules=["user_feedback", "input_drift", "keywords"],
     )
     assert retrain is True
     text = Path(markdown.path).read_text()

@@ -273,11 +273,14 @@ def test_check_gives_the_components_decision(database_url: str, tmp_path: Path, 
     is_drift = detect_drift.python_func(current=feedback, reference_uri=production["reference_data_uri"], **drift)
     markdown = dsl.Markdown(uri=str(out / "decision.md"))
     decide_retrain.python_func(stats=stats, feedback=feedback, drift_metrics=drift["metrics"], decision=markdown, model_name="m",
-                               is_drift=is_drift, production_model_uri=uri, run_name="r")
+                               holdout_from=str(out / "holdout_from"), is_drift=is_drift, production_model_uri=uri, run_name="r")
     by_component = markdown.metadata["decision"]
     assert by_component == by_check
     assert by_check["retrain"] and by_check["fired"] == ["performance"]  # 25 % wrong vs 10 % validated
     assert by_check["evidence"]["fresh"]["rows"] == 300
+    # The output parameter prepare_dataset draws the holdout by: where the worse answers begin
+    # (here the whole extract fired: "").
+    assert (out / "holdout_from").read_text() == by_check["holdout_from"] == by_check["evidence"]["test"]["window_start"] == ""
 
 
 def test_a_recent_change_is_caught_before_the_whole_window_catches_up(tmp_path: Path, database_url: str) -> None:
@@ -290,6 +293,9 @@ def test_a_recent_change_is_caught_before_the_whole_window_catches_up(tmp_path: 
     test = decision.to_dict()["evidence"]["test"]
     assert decision.retrain and "(last 1 day)" in decision.fired[0].detail
     assert test["window"] == "last 1 day" and test["windows_tested"] == 6 and test["p_value"] < 0.05 / 6
+    # The candidate will be judged on that day's answers, not on the calm weeks before it.
+    assert decision.holdout_from == test["window_start"] == f"{yesterday.date().isoformat()}T00:00:00+00:00"
     # The same three calm weeks alone: no window fires, at the level split across them.
     _, calm_decision = decide(tmp_path, calm, uri, database_url)
     assert not calm_decision.retrain
+    assert calm_decision.holdout_from == ""

@@ -435,7 +435,7 @@ def test_secrets_never_reach_logs_artifacts_or_errors(postgres_server: str, data
         extract_feedback.python_func(feedback=feedback, stats=stats, model_name="m", days_back=7)
         decision = dsl.Markdown(uri=str(out / "decision.md"))
         decide_retrain.python_func(stats=stats, feedback=feedback, drift_metrics=dsl.Metrics(uri=str(out / "drift")),
-                                   decision=decision, model_name="m", is_drift=False, run_name="r")
+                                   decision=decision, holdout_from=str(out / "holdout_from"), model_name="m", is_drift=False, run_name="r")
         (out / "stats.json").write_text(json.dumps(stats.metadata))
         (out / "decision.json").write_text(json.dumps(decision.metadata))
         # A failure on the way (the stream's query fails on the server): the error carries neither secret.

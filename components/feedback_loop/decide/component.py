@@ -1,7 +1,7 @@
 """KFP wrapper of the retrain decision."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Output, OutputPath
 
 from feedback_loop.images import DATA_IMAGE
 
@@ -12,6 +12,7 @@ def decide_retrain(
     feedback: Input[Dataset],
     drift_metrics: Input[Metrics],
     decision: Output[Markdown],
+    holdout_from: OutputPath(str),
     model_name: str,
     is_drift: bool,
     production_model_uri: str = "",
@@ -76,6 +77,8 @@ def decide_retrain(
     Returns:
         decision: The evidence for the payoff (validated vs fresh error, interval, sizes, p-value),
             the rules that fired with their figures, then every rule; the whole decision in its metadata.
+        holdout_from: When the performance rule fired, where the answers it found worse begin (ISO
+            time): prepare_dataset draws the holdout from them. "" otherwise.
         Output: Whether the pipeline goes on to train.
     """
     import logging
@@ -96,6 +99,8 @@ def decide_retrain(
     with open(decision.path, "w") as handle:
         handle.write(result.to_markdown())
     decision.metadata["decision"] = result.to_dict()
+    with open(holdout_from, "w") as handle:
+        handle.write(result.holdout_from)
     logging.getLogger("feedback_loop.decide").info("retrain: %s; %s", result.retrain, "; ".join(result.reasons))
     if dsn:
         core.record(dsn, model_name, run_name, signals, result)

@@ -49,9 +49,21 @@ class Decision:
         fired = [f"{r.name}: {r.detail}" for r in self.fired]
         return fired or [f"{r.name}: {r.detail}" for r in self.rules if r.enabled]
 
+    @property
+    def holdout_from(self) -> str:
+        """Where the answers the performance rule found worse begin (ISO; "" when it did not fire):
+        the candidate is judged on them, not on days from before a change."""
+        if not any(r.name == "performance" for r in self.fired):
+            return ""
+        test = self.evidence.get("test") or {}
+        if test.get("significant"):
+            return str(test.get("window_start") or "")
+        return str((self.evidence.get("remembered_attempt") or {}).get("evidence_through") or "")  # worse than at the attempt
+
     def to_dict(self) -> dict:
         return {
             "retrain": self.retrain,
+            "holdout_from": self.holdout_from,
             "reasons": self.reasons,
             "fired": [r.name for r in self.fired],
             "blocked_by": self.blocked_by,
@@ -117,7 +129,7 @@ def decide(signals: Signals, policy: Policy) -> Decision:
     # `force` is no rule: an operator's explicit request cannot be switched off by configuration.
     rules.append(Rule("force", signals.force, "forced by the operator" if signals.force else "not forced"))
     wants = any(r.fired for r in rules)
-    evidence = ev.summary(signals.evidence, policy.performance_margin, policy.performance_alpha) if signals.evidence else {}
+    evidence = ev.summary(signals.evidence, policy.performance_margin, policy.performance_alpha, policy.min_feedback) if signals.evidence else {}
     # A second rollout must not start while one is being analysed, even when forced.
     if wants and signals.rollout_in_progress:
         return Decision(False, rules, "a canary rollout is in progress: it finishes (or rolls back) first", evidence)

@@ -20,6 +20,7 @@ Student's t for mse): its lower end is the one-sided bound the test uses.
 from __future__ import annotations
 
 import math
+from datetime import date, timedelta
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,10 +164,21 @@ def worse_than(fresh: Sample, reference: Sample, margin: float, alpha: float, me
     return Test(threshold, float(statistic), p, p < alpha, name)
 
 
-def scan(e: Evidence, margin: float, alpha: float, needed: int, min_rows: int) -> tuple[str, Sample, Test, int] | None:
+@dataclass(frozen=True)
+class Finding:
+    """The most significant window of the performance test: its name, first answer time, answers and test."""
+
+    window: str
+    start: str  # ISO time of its first answer's day or the attempt's evidence ("" = the whole extract)
+    sample: Sample
+    test: Test
+    windows_tested: int
+
+
+def scan(e: Evidence, margin: float, alpha: float, needed: int, min_rows: int) -> Finding | None:
     """The judged answers (at least `needed`) and their recent windows (last 1, 2, 4, ... days,
     at least `min_rows` answers each), each tested at alpha / (number of windows), Bonferroni:
-    (window, sample, test, windows tested) of the most significant, or None.
+    the most significant, or None.
 
     The whole window alone would let weeks of answers from before a change dilute the days
     after it; the recent ones alone would forget a slow drift. Testing both keeps the level.
@@ -174,12 +186,17 @@ def scan(e: Evidence, margin: float, alpha: float, needed: int, min_rows: int) -
     judged = e.judged
     if e.baseline is None or judged is None or judged.rows < max(needed, 1):
         return None
-    windows = [("since " + ("the attempt" if e.attempt else "production's training"), judged)]
-    windows += [(f"last {days} day{'s' if days > 1 else ''}", s) for days, s in e.recent if min_rows <= s.rows < judged.rows]
+    whole = ("since " + ("the attempt" if e.attempt else "production's training"), e.attempt.evidence_through if e.attempt else "")
+    windows = [(*whole, judged)]
+    last = e.evidence_through[:10]
+    for days, s in e.recent:
+        if min_rows <= s.rows < judged.rows and last:
+            first = date.fromisoformat(last) - timedelta(days=days - 1)
+            windows.append((f"last {days} day{'s' if days > 1 else ''}", f"{first.isoformat()}T00:00:00+00:00", s))
     each = alpha / len(windows)
-    tests = [(name, s, worse_than(s, e.baseline.sample, margin, each, e.baseline.metric)) for name, s in windows]
-    name, sample, test = min(tests, key=lambda t: t[2].p_value)
-    return name, sample, test, len(windows)
+    tests = [Finding(name, start, s, worse_than(s, e.baseline.sample, margin, each, e.baseline.metric), len(windows))
+             for name, start, s in windows]
+    return min(tests, key=lambda f: f.test.p_value)
 
 
 def describe(metric: str, sample: Sample, alpha: float) -> str:
@@ -198,8 +215,9 @@ def label(metric: str) -> str:
     return "error rate" if metric == "error_rate" else "mse"
 
 
-def summary(e: Evidence, margin: float, alpha: float) -> dict[str, Any]:
-    """The payoff's figures for to_dict and the Markdown: baseline, fresh, interval, sizes, test."""
+def summary(e: Evidence, margin: float, alpha: float, min_rows: int = 1) -> dict[str, Any]:
+    """The payoff's figures for to_dict and the Markdown: baseline, fresh, interval, sizes, test
+    (over the windows the rule tests: recent ones of at least `min_rows` answers)."""
     out: dict[str, Any] = {"baseline": None, "reason": e.reason}
     if e.attempt:
         out["remembered_attempt"] = {
@@ -219,10 +237,10 @@ def summary(e: Evidence, margin: float, alpha: float) -> dict[str, Any]:
         if sample is not None:
             lo, hi = sample.interval(b.metric, level)
             out[name] = {"value": sample.mean, "rows": sample.rows, "interval": [lo, hi], "level": level}
-    best = scan(e, margin, alpha, 1, 1)
+    best = scan(e, margin, alpha, 1, min_rows)
     if best is not None:
-        window, sample, t, windows = best
-        out["test"] = {"name": t.name, "window": window, "windows_tested": windows, "threshold": t.threshold,
-                       "statistic": t.statistic, "p_value": t.p_value, "alpha": alpha, "margin": margin,
-                       "significant": t.fired, "rows": sample.rows}
+        t = best.test
+        out["test"] = {"name": t.name, "window": best.window, "window_start": best.start, "windows_tested": best.windows_tested,
+                       "threshold": t.threshold, "statistic": t.statistic, "p_value": t.p_value, "alpha": alpha,
+                       "margin": margin, "significant": t.fired, "rows": best.sample.rows}
     return out

@@ -87,12 +87,12 @@ def performance(s: Signals, p: Policy) -> tuple[bool, str]:
         fired = False
         detail = f"not enough fresh {'answers' if metric == 'error_rate' else 'corrected values'}{since}: {n} < {needed}; {base}"
     else:
-        window, sample, t, tested = best
+        t = best.test
         fired = t.fired
         detail = (
-            f"fresh {ev.label(metric)} {ev.describe(metric, sample, p.performance_alpha)} ({window}){since} vs {base}; "
+            f"fresh {ev.label(metric)} {ev.describe(metric, best.sample, p.performance_alpha)} ({best.window}){since} vs {base}; "
             f"H0 fresh ≤ {ev.fmt(metric, t.threshold)} (+{p.performance_margin:.0%}): one-sided {t.name} = {t.statistic:.2f}, "
-            f"p = {t.p_value:.3g} ({_cmp(t.fired, '<', '≥')} {p.performance_alpha:g} / {tested} windows)"
+            f"p = {t.p_value:.3g} ({_cmp(t.fired, '<', '≥')} {p.performance_alpha:g} / {best.windows_tested} windows)"
         )
     if judged is not None and e.attempt and e.attempt.sample and not fired and n >= ev.MIN_TEST_ROWS:
         # New evidence of another kind: clearly worse than when the last attempt was made.

@@ -19,6 +19,7 @@ def prepare_dataset(
     window: str = "expanding",
     window_days: float = 90.0,
     split: str = "recent_feedback",
+    holdout_from: str = "",
     log_level: str = "INFO",
 ):
     """Joins the production model's training data with corrected feedback; splits by time.
@@ -36,6 +37,8 @@ def prepare_dataset(
         window_days: Length of a sliding window, in days before the holdout starts.
         split: recent_feedback (the holdout is one in two of the newest feedback rows), time_series for time-ordered data, or random
             (a seeded draw of the feedback, for rows that do not depend on time).
+        holdout_from: decide_retrain's: with recent_feedback, the holdout is drawn from the answers given
+            from this time on (the ones the performance rule found worse), when they are enough; "" none.
         log_level: DEBUG, INFO, WARNING or ERROR; every process honours it.
 
     Returns:
@@ -72,6 +75,7 @@ def prepare_dataset(
             window=window,
             window_days=window_days,
             split=split,
+            holdout_from=holdout_from,
         )
     for name, value in split_info.metrics().items():
         stats.log_metric(name, value)

@@ -3,7 +3,11 @@
 The holdout is the most recent slice: the data the next model will meet, on which
 candidate and production are compared. With `split="recent_feedback"` (the default) it is
 one in two of the newest labelled feedback rows (twice as many as it holds), so that the
-candidate also learns from the days it is judged on; with `split="time_series"` (time-ordered data, e.g. a market
+candidate also learns from the days it is judged on. When the decision says where the
+answers it found worse begin (`holdout_from`), only those are drawn from (when they give
+at least MIN_HOLDOUT_ROWS): right after a change, the newest rows otherwise still reach back
+to days where production was right, and a candidate that learnt the new concept shows
+only a small, uncertain gain. With `split="time_series"` (time-ordered data, e.g. a market
 model) it is the newest rows of all data, and every training row is older than every
 holdout row; with `split="random"` (rows that do not depend on time) a seeded draw of the
 feedback. Everything else trains, within the window (see `windows`).
@@ -99,6 +103,7 @@ def prepare(
     window: str = windows.EXPANDING,
     window_days: float = 90.0,
     split: str = RECENT_FEEDBACK,
+    holdout_from: str = "",
 ) -> Split:
     """Writes train, holdout and (with `test_out`) the original test set; see the module docstring."""
     if split not in SPLITS:
@@ -129,6 +134,11 @@ def prepare(
         # candidate learns from the present too (a concept that moved yesterday is in both).
         newest = np.arange(len(new) - min(2 * n_holdout, len(new)), len(new))
         held = newest[::-1][: 2 * n_holdout : 2] if 2 * n_holdout <= len(new) else newest[-n_holdout:]
+        present = _answered_from(feedback_path, new, holdout_from)
+        if present is not None and present.sum() >= 2 * MIN_HOLDOUT_ROWS:
+            held = np.flatnonzero(present)[::-1][: 2 * n_holdout : 2]
+            log.info("holdout: %d of the %d labelled answers given from %s (where the decision found production worse)",
+                     len(held), int(present.sum()), holdout_from)
         mask = np.zeros(len(new), dtype=bool)
         mask[held] = True
         holdout, recent_train = new.iloc[mask], new.iloc[~mask]
@@ -161,6 +171,16 @@ def prepare(
         "carried from production" if original_test else "this run's holdout",
     )
     return split_info
+
+
+def _answered_from(feedback_path: Path, new: pd.DataFrame, start: str) -> np.ndarray | None:
+    """Which of `new` (labelled feedback, in its order) were answered at or after `start`; None without one."""
+    if not start:
+        return None
+    answered = pd.read_parquet(feedback_path, columns=["feedback_at"])["feedback_at"]
+    at = pd.to_datetime(answered.loc[new.index], utc=True)
+    first = pd.Timestamp(start)
+    return (at >= (first.tz_localize("UTC") if first.tzinfo is None else first)).to_numpy()
 
 
 def read_labelled_rows(path: Path, what: str) -> pd.DataFrame:
