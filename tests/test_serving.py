@@ -114,6 +114,28 @@ def test_v1_batch_over_http(server: ModelServerProcess, versions: Path) -> None:
     assert status == 400 and "shape [4]" in body["error"]
 
 
+def test_v1_requests_the_direct_route_leaves_to_kserve_are_answered_as_kserve_answers(server: ModelServerProcess) -> None:
+    """Plain JSON goes straight to the model (serving.http.direct_v1_predict); a CloudEvent,
+    another model's name and bad JSON take KServe's own endpoint, or meet the same errors."""
+    url = f"{server.url}/v1/models/{server.name}:predict"
+    x = rows(2, seed=6)
+    _, _, direct = post(url, {"instances": x.tolist()})
+    event = {"ce-specversion": "1.0", "ce-id": "e-1", "ce-source": "tests", "ce-type": "predict", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, json.dumps({"instances": x.tolist()}).encode(), event)
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200 and answer.headers["ce-specversion"] == "1.0"  # KServe answers a CloudEvent in kind
+        via_kserve = json.loads(answer.read())
+    assert via_kserve["model_version"] == direct["model_version"] == "v1"
+    np.testing.assert_allclose([p["probabilities"]["cat"] for p in via_kserve["predictions"]],
+                               [p["probabilities"]["cat"] for p in direct["predictions"]], rtol=1e-6)
+    status, _, body = post(f"{server.url}/v1/models/other:predict", {"instances": x.tolist()})
+    assert status == 404 and "other" in body["error"]
+    request = urllib.request.Request(url, b"{not json", {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400 and "Unrecognized request format" in json.loads(refused.value.read())["error"]
+
+
 def test_v2_over_http_names_the_version(server: ModelServerProcess) -> None:
     x = rows(2, seed=4)
     request = {"id": "r-1", "inputs": [{"name": "features", "shape": [2, FEATURES], "datatype": "FP32", "data": x.ravel().tolist()}]}

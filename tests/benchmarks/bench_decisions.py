@@ -332,10 +332,10 @@ def play_through_pipeline(job: tuple[str, int, int, int, str, int]) -> dict[str,
     """The loop world of one stream and seed over its first `played` periods, each run the
     compiled pipeline under kfp.local (its log in a file, one per period).
 
-    kfp.local runs each task in its own process, where the clock cannot be moved: the days
-    are compressed into real time (each period's traffic is stamped in the minutes before
-    its run). Day-long settings (days_back, error_rate_days) then hold everything, which
-    changes nothing with these defaults.
+    kfp.local runs each task in its own process, where the clock cannot be moved: the runs
+    happen now, and the days they judge lie in the past: period p's traffic is stamped on
+    the p-th of the last `played` days (the first model trained the day before them), so
+    that its day windows and reference period are the in-process play's.
     """
     from feedback_loop import local
     from feedback_loop.pipelines.retraining_pipeline import retraining_pipeline
@@ -347,12 +347,13 @@ def play_through_pipeline(job: tuple[str, int, int, int, str, int]) -> dict[str,
         settings = {**LOOP_SETTINGS, "seed": seed, "model_name": MODEL}
         world = World("pipeline", _database(server), Path(scratch), settings)
         world.settings["model_store_uri"] = world.store
-        _first_model(world, frames[0], at=datetime.now(timezone.utc))
+        first_day = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=played)
+        _first_model(world, frames[0], at=first_day)
         arguments = {n: world.settings.get(n, default_of(n)) for n in retraining_pipeline.component_spec.inputs}
         os.environ["DATABASE_URL"] = world.dsn
         rng = np.random.default_rng(seed * 7)
         for period, frame in enumerate(frames[1:]):
-            _insert(world, period, frame, rng, day=datetime.now(timezone.utc) - timedelta(seconds=90), length=timedelta(seconds=60))
+            _insert(world, period, frame, rng, day=first_day + timedelta(days=period))
             log_path = Path(scratch) / "logs" / f"period-{period}.log"
             log_path.parent.mkdir(exist_ok=True)
             summary = local.summarize(local.run_pipeline(Path(scratch) / "runs", arguments, log_path=log_path))

@@ -8,6 +8,11 @@ errors, and the feedback endpoint.
 - `POST /v1/feedback` takes `{"prediction_id", "is_correct", "corrected_label"?, "comment"?}`
   and queues it for the feedback store (202); an id the store does not know is kept, and the
   extraction counts it as an orphan.
+- `POST /v1/models/<name>:predict` with a plain JSON body goes straight to the model
+  (`direct_v1_predict`): KServe's route resolves FastAPI dependencies and passes the body
+  through its data plane (CloudEvent checks, encoders) on every request, which costs more
+  than a small model's prediction. The model's own call (pre/postprocess, metrics) is
+  KServe's; CloudEvents and other content types still take KServe's route.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.responses import JSONResponse
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from feedback_loop.feedback.capture import FeedbackRow
 from feedback_loop.serving.capture import FEEDBACK, Capture
@@ -103,8 +110,11 @@ async def _no_receive() -> dict:
     return {"type": "http.disconnect"}
 
 
-def install(app: FastAPI, capture: Capture, max_body_bytes: int) -> None:
-    """Adds the body limit, the short error handlers and the feedback route to KServe's app."""
+def install(app: FastAPI, capture: Capture, max_body_bytes: int, direct: tuple[Any, Any] | None = None, timings: bool = True) -> None:
+    """Adds the body limit, the short error handlers and the feedback route to KServe's app; with
+    `direct` (the model, KServe's v1 predict endpoint), the model's plain-JSON v1 predictions go to
+    it directly; without `timings`, KServe's per-request timing middleware (whose lines go to a
+    logger kept below INFO then) is left out."""
     from kserve import errors as kserve_errors
 
     from feedback_loop.serving.model import TooManyRows
@@ -128,6 +138,43 @@ def install(app: FastAPI, capture: Capture, max_body_bytes: int) -> None:
     for exc_class, status in statuses.items():
         app.add_exception_handler(exc_class, _handler(status))
     app.add_api_route(FEEDBACK_PATH, _feedback_endpoint(capture), methods=["POST"], status_code=HTTPStatus.ACCEPTED)
+    if not timings:
+        app.user_middleware[:] = [m for m in app.user_middleware if getattr(m.cls, "__name__", "") != "TimingMiddleware"]
+    if direct is not None:
+        direct_v1_predict(app, *direct)
+
+
+V1_PREDICT = "/v1/models/{model_name}:predict"
+
+
+def direct_v1_predict(app: FastAPI, model: Any, kserve_predict: Any) -> None:
+    """Puts a route for `model`'s plain-JSON v1 predictions ahead of KServe's (see the module
+    docstring); any other request on that path (another model name, a CloudEvent, another
+    content type) is answered by `kserve_predict`, KServe's own endpoint (V1Endpoints.predict)."""
+    from kserve.errors import InvalidInput, ModelNotReady
+
+    async def predict(request: StarletteRequest) -> Response:
+        name = request.path_params["model_name"]
+        headers = dict(request.headers.items())
+        if name != model.name or not _plain_json(headers):
+            answer = await kserve_predict(name, request)
+            return answer if isinstance(answer, Response) else Response(orjson.dumps(answer), media_type="application/json")
+        if not model.ready:
+            raise ModelNotReady(name)
+        try:
+            payload = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as err:
+            raise InvalidInput(f"Unrecognized request format: {err}") from None
+        answer, answer_headers = await model(payload, headers)
+        return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json", headers=answer_headers)
+
+    app.router.routes.insert(0, Route(V1_PREDICT, predict, methods=["POST"]))
+
+
+def _plain_json(headers: dict[str, str]) -> bool:
+    """A JSON body that is no CloudEvent: what KServe's data plane would only parse."""
+    kind = headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
+    return kind == "application/json" and not any(key.startswith("ce-") for key in headers)
 
 
 def _handler(status: int) -> Any:

@@ -43,6 +43,7 @@ def serve(
     """Loads the version at `model_dir` and serves it until SIGTERM/SIGINT (v1 and v2 REST, /metrics, /v1/feedback)."""
     import kserve
     from kserve.logging import trace_logger
+    from kserve.protocol.rest.v1_endpoints import V1Endpoints
     from prometheus_client import REGISTRY
 
     from feedback_loop.serving import http
@@ -66,7 +67,10 @@ def serve(
         for name_ in ("uvicorn.access", trace_logger.name):
             logging.getLogger(name_).setLevel(logging.WARNING)
     try:
-        with rest_server_with(host, lambda app: http.install(app, capturing, max_body_bytes)):
+        # KServe's own v1 endpoint answers what the direct route leaves to it (CloudEvents, ...).
+        kserve_predict = V1Endpoints(server.dataplane, server.model_repository_extension).predict
+        extend = lambda app: http.install(app, capturing, max_body_bytes, (predictor, kserve_predict), timings=verbose)  # noqa: E731
+        with rest_server_with(host, extend):
             server.start([predictor])
     finally:
         capturing.stop()  # what is queued is written if the database allows, within a few seconds
