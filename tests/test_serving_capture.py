@@ -75,6 +75,25 @@ def test_capture_writes_every_row_in_batches(database_url: str) -> None:
     assert capture.counts()["dropped"] == {PREDICTIONS: 0, FEEDBACK: 0} and capture.depth() == 0
 
 
+def test_texts_are_stored_as_given_and_only_none_is_null(database_url: str) -> None:
+    """The COPY's CSV: a text of exactly "\\N", an empty text, quotes, commas and new lines come
+    back as sent; only None is NULL."""
+    from feedback_loop.feedback.capture import connect, write_predictions
+
+    now = datetime.now(timezone.utc)
+    odd = [PredictionRow("t-1", now, "m", 'v "1",\nsecond line', {"note": "\\N"}, "\\N", None, 0.5, 1.0, "", False),
+           PredictionRow("t-2", now, "m", "v1", {}, None, 41.5, None, 2.0, None, True)]
+    conn = connect(database_url)
+    try:
+        assert write_predictions(conn, odd) == 2
+    finally:
+        conn.close()
+    got = fetch(database_url, "SELECT id, model_version, features, predicted_label, predicted_value, confidence, user_id, consent"
+                              " FROM predictions WHERE id LIKE 't-%' ORDER BY id")
+    assert got == [("t-1", 'v "1",\nsecond line', {"note": "\\N"}, "\\N", None, 0.5, "", False),
+                   ("t-2", "v1", {}, None, 41.5, None, None, True)]
+
+
 def test_capture_off_drops_and_counts() -> None:
     capture = capture_of(dsn=None)
     assert not capture.enabled and not offer(capture, 3, "x")
