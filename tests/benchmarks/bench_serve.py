@@ -2,7 +2,8 @@
 prediction capture on (into a real PostgreSQL) and off, against the same SavedModel signature
 called in process (the limit) and a naive server calling `model.predict` per request; clients
 on 127.0.0.1, batch 1 and 32, sequential and at saturation (SATURATION_CLIENTS concurrent
-clients for BENCH_SERVE_SECONDS, 60 by default). Then an outage: the database stopped for
+clients for BENCH_SERVE_SECONDS, 60 by default), the two servers taking turns in ROUNDS
+rounds so that the machine's drift falls on both. Then an outage: the database stopped for
 OUTAGE_SECONDS in the middle of a saturated run.
 
 Prints one JSON object as its last line: today's keys (p50_ms, p99_ms, rps, p50_overhead_ms,
@@ -41,6 +42,7 @@ from feedback_loop.layout import COMPLETE_MARKER  # noqa: E402
 REQUESTS = {1: 400, 32: 150}
 SATURATION_SECONDS = float(os.environ.get("BENCH_SERVE_SECONDS", "60"))
 SATURATION_CLIENTS = 32
+ROUNDS = 3  # the servers take turns, this many times per measurement
 OUTAGE_SECONDS = float(os.environ.get("BENCH_SERVE_OUTAGE_SECONDS", "20"))
 CAPTURE_QUEUE_ROWS = 4000
 
@@ -203,7 +205,15 @@ def saturate(port: int, path: str, body: bytes, seconds: float = SATURATION_SECO
     elapsed = time.perf_counter() - started
     p50, p99 = percentiles([t for ts in times for t in ts] or [0.0])
     return {"rps": round(sum(ok) / elapsed, 1), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
-            "answered_requests": sum(ok), "failed_requests": sum(failed)}
+            "answered_requests": sum(ok), "failed_requests": sum(failed), "times": [t for ts in times for t in ts], "seconds": elapsed}
+
+
+def merged(runs: list[dict]) -> dict[str, float]:
+    """Rounds of `saturate` as one run: requests per second over their summed time, percentiles over all requests."""
+    p50, p99 = percentiles([t for run in runs for t in run["times"]] or [0.0])
+    answered = sum(run["answered_requests"] for run in runs)
+    return {"rps": round(answered / sum(run["seconds"] for run in runs), 1), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
+            "answered_requests": answered, "failed_requests": sum(run["failed_requests"] for run in runs)}
 
 
 def wait_http(port: int, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -268,6 +278,7 @@ def outage_run(server: ModelServerProcess, db: StoppablePostgres, body: bytes) -
         timeline["resumed"] = time.monotonic()
 
     run = saturate(server.port, "/v1/models/bench:predict", body, seconds=OUTAGE_SECONDS * 2, during=outage)
+    del run["times"], run["seconds"]
     after = drained(server.port)
     answered = after["feedback_loop_predicted_rows_total"] - before["feedback_loop_predicted_rows_total"]
     dropped = after["feedback_loop_capture_dropped_total"] - before["feedback_loop_capture_dropped_total"]
@@ -311,23 +322,31 @@ def main() -> None:
                                    "paced_p50_ms": round(percentiles(in_process_paced(runner, x, n))[0], 3),
                                    "saturated_rps": round(in_process_saturated(runner, x), 1)},
                 }
-                for mode, server in servers.items():
-                    rows_before = db.count() if mode == "capture_on" else 0
-                    served, seq_failed = latencies(server.port, "/v1/models/bench:predict", body, n)
-                    p50, p99 = percentiles(served)
-                    load = saturate(server.port, "/v1/models/bench:predict", body)
-                    failed += seq_failed + int(load["failed_requests"])
+                # The modes take turns, ROUNDS times: one server measured after the other would
+                # carry the machine's drift (and a process's luck) into the comparison.
+                rows_before = db.count()
+                runs: dict[str, dict[str, list]] = {mode: {"served": [], "load": [], "v2": []} for mode in servers}
+                binary, headers = v2_binary(x)
+                for _ in range(ROUNDS):
+                    for mode, server in servers.items():
+                        served, seq_failed = latencies(server.port, "/v1/models/bench:predict", body, n // ROUNDS)
+                        load = saturate(server.port, "/v1/models/bench:predict", body, seconds=SATURATION_SECONDS / ROUNDS)
+                        # The same rows as a v2 binary tensor: what JSON decoding costs, seen by difference.
+                        served_v2, v2_failed = latencies(server.port, "/v2/models/bench/infer", binary, n // ROUNDS, headers)
+                        failed += seq_failed + int(load["failed_requests"]) + v2_failed
+                        runs[mode]["served"] += served
+                        runs[mode]["load"].append(load)
+                        runs[mode]["v2"] += served_v2
+                for mode in servers:
+                    p50, p99 = percentiles(runs[mode]["served"])
+                    load = merged(runs[mode]["load"])
                     row[mode] = {"p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "p50_overhead_ms": round(p50 - limit_p50, 3),
-                                 **{f"saturated_{k}": v for k, v in load.items()}}
-                    # The same rows as a v2 binary tensor: what JSON decoding costs, seen by difference.
-                    binary, headers = v2_binary(x)
-                    served_v2, v2_failed = latencies(server.port, "/v2/models/bench/infer", binary, n, headers)
-                    failed += v2_failed
-                    row[mode]["v2_binary_p50_overhead_ms"] = round(percentiles(served_v2)[0] - limit_p50, 3)
-                    if mode == "capture_on":
-                        drained(server.port)
-                        answered = (2 * (n + 10) + load["answered_requests"]) * batch
-                        row[mode].update({"answered_rows": answered, "captured_rows": db.count() - rows_before})
+                                 **{f"saturated_{k}": v for k, v in load.items()},
+                                 "v2_binary_p50_overhead_ms": round(percentiles(runs[mode]["v2"])[0] - limit_p50, 3)}
+                drained(servers["capture_on"].port)
+                requests_on = len(runs["capture_on"]["served"]) + len(runs["capture_on"]["v2"]) + 20 * ROUNDS  # + warm-ups
+                answered = (requests_on + row["capture_on"]["saturated_answered_requests"]) * batch
+                row["capture_on"].update({"answered_rows": answered, "captured_rows": db.count() - rows_before})
                 slow, _ = latencies(naive_port, "/", body, max(30, n // 5))
                 naive_p50, naive_p99 = percentiles(slow)
                 row["naive"] = {"p50_ms": round(naive_p50, 3), "p99_ms": round(naive_p99, 3)}
