@@ -205,3 +205,17 @@ class KServeController:
 def kubernetes_api(validator: Any = None) -> Iterator[tuple[ApiServerThread, Any]]:
     with ApiServerThread(validator) as server:
         yield server, custom_objects_api(server.url)
+
+
+@contextmanager
+def emulated_inference_service(namespace: str, name: str) -> Iterator[tuple[Any, "KServeController"]]:
+    """The API server fake (validating InferenceServices against the real CRD where it is found)
+    and the emulated KServe controller of one InferenceService: (CustomObjectsApi, controller)."""
+    import jsonschema
+
+    import kserve_crds
+
+    schema = kserve_crds.schema("inferenceservices", "v1beta1")
+    validator = jsonschema.Draft7Validator(kserve_crds.closed(schema)) if schema else None
+    with kubernetes_api(validator) as (_, api):
+        yield api, KServeController(api, namespace, name)

@@ -13,15 +13,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-import kserve_crds
-from kserve_emulator import GROUP, PLURAL, VERSION, KServeController, kubernetes_api
+from kserve_emulator import GROUP, PLURAL, VERSION, emulated_inference_service
 
 from feedback_loop import adopt as adopting
 from feedback_loop.cli import main
@@ -145,10 +143,8 @@ def test_version_names_never_collide() -> None:
 
 @pytest.fixture
 def cluster() -> Any:
-    schema = kserve_crds.schema("inferenceservices", "v1beta1")
-    validator = jsonschema.Draft7Validator(kserve_crds.closed(schema)) if schema else None
-    with kubernetes_api(validator) as (_, api):
-        yield api, KServeController(api, NS, NAME)
+    with emulated_inference_service(NS, NAME) as pair:
+        yield pair
 
 
 @pytest.mark.parametrize("repoint", [False, True])

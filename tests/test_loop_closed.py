@@ -16,13 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import numpy as np
 import psycopg2
 import pytest
 
-import kserve_crds
-from kserve_emulator import GROUP, PLURAL, VERSION, KServeController, kubernetes_api
+from kserve_emulator import GROUP, PLURAL, VERSION, KServeController, emulated_inference_service
 from serving_helpers import CLASSES, FEATURES, ModelServerProcess, make_version
 
 from feedback_loop.deploy import core
@@ -38,10 +36,8 @@ TRUTH = np.array([[1.0, -1.0], [2.0, -2.0], [-1.0, 1.0], [0.5, -0.5]]) * 2
 
 @pytest.fixture
 def cluster() -> Iterator[tuple[Any, KServeController]]:
-    schema = kserve_crds.schema("inferenceservices", "v1beta1")
-    validator = jsonschema.Draft7Validator(kserve_crds.closed(schema)) if schema else None
-    with kubernetes_api(validator) as (_, api):
-        yield api, KServeController(api, NS, NAME)
+    with emulated_inference_service(NS, NAME) as pair:
+        yield pair
 
 
 class InferenceService:

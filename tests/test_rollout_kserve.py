@@ -12,11 +12,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 
 import kserve_crds
-from kserve_emulator import GROUP, PLURAL, VERSION, KServeController, kubernetes_api
+from kserve_emulator import GROUP, PLURAL, VERSION, KServeController, emulated_inference_service
 
 from feedback_loop.deploy import core
 from feedback_loop.deploy.publish import version_dir_uri
@@ -38,10 +37,8 @@ def _no_database_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def cluster() -> Iterator[tuple[Any, KServeController]]:
-    schema = kserve_crds.schema("inferenceservices", "v1beta1")
-    validator = jsonschema.Draft7Validator(kserve_crds.closed(schema)) if schema else None
-    with kubernetes_api(validator) as (_, api):
-        yield api, KServeController(api, NS, NAME)
+    with emulated_inference_service(NS, NAME) as pair:
+        yield pair
 
 
 def version_dir(root: Path, version: str) -> Path:
