@@ -64,6 +64,7 @@ ANSWER_SHARE = 0.8
 CORRECTION_SHARE = 0.6  # of the "wrong" answers; the others are plain thumbs-down
 DRIFT_AT = 0.4  # share of the periods after which the concept (or the benign shift) moves
 TOLERANCE = 0.01  # 1 point
+DAY_LENGTH = timedelta(seconds=86_000)  # a day's traffic, stamped within its calendar day
 # What a tabular user sets; everything else is the loop's default.
 LOOP_SETTINGS = {"family": "tabular_classifier", "rollout_steps": [100], "bake_hours": [], "deploy_target": "local", "window": "weighted", "half_life_days": 1.0, "strategy": "scratch",
                  "epochs": 20, "batch_size": 128, "learning_rate": 2e-3}
@@ -206,10 +207,7 @@ def run_loop(world: World, period: int, force: bool = False) -> dict[str, Any]:
 # --- the play --------------------------------------------------------------------------------
 
 
-def _insert(
-    world: World, period: int, frame: pd.DataFrame, rng: np.random.Generator, day: datetime | None = None,
-    length: timedelta = timedelta(seconds=86_000),
-) -> None:
+def _insert(world: World, period: int, frame: pd.DataFrame, rng: np.random.Generator, day: datetime | None = None) -> None:
     """The day's traffic as the serving app writes it: predictions, then the users' answers."""
     import psycopg2
     from psycopg2.extras import Json, execute_values
@@ -224,13 +222,13 @@ def _insert(
     predictions, answers = [], []
     for i, row in enumerate(frame.itertuples(index=False)):
         pid = f"{world.name}-{period}-{i}"
-        at = day + length * (i / len(frame))
+        at = day + DAY_LENGTH * (i / len(frame))
         features = {name: float(getattr(row, name)) for name in FEATURES}
         predictions.append((pid, at, MODEL, world.serving_version, Json(features), predicted[i], float(confidence[i]), 5.0, True))
         if rng.random() < ANSWER_SHARE:
             right = predicted[i] == row.label
             correction = None if right or rng.random() >= CORRECTION_SHARE else row.label
-            answers.append((pid, at + length / 1000, bool(right), correction, None))
+            answers.append((pid, at + DAY_LENGTH / 1000, bool(right), correction, None))
     with contextlib.closing(psycopg2.connect(world.dsn)) as conn, conn, conn.cursor() as cur:
         execute_values(
             cur,
