@@ -11,8 +11,9 @@ errors, and the feedback endpoint.
 - `POST /v1/models/<name>:predict` with a plain JSON body goes straight to the model
   (`direct_v1_predict`): KServe's route resolves FastAPI dependencies and passes the body
   through its data plane (CloudEvent checks, encoders) on every request, which costs more
-  than a small model's prediction. The model's own call (pre/postprocess, metrics) is
-  KServe's; CloudEvents and other content types still take KServe's route.
+  than a small model's prediction; rows of numbers are parsed straight into one array
+  (serving.v1_json). The model's own call (pre/postprocess, metrics) is KServe's;
+  CloudEvents and other content types still take KServe's route.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from feedback_loop.feedback.capture import FeedbackRow
+from feedback_loop.serving import v1_json
 from feedback_loop.serving.capture import FEEDBACK, Capture
 
 log = logging.getLogger(__name__)
@@ -162,7 +164,7 @@ def direct_v1_predict(app: FastAPI, model: Any, kserve_predict: Any) -> None:
         if not model.ready:
             raise ModelNotReady(name)
         try:
-            payload = orjson.loads(await request.body())
+            payload = v1_json.loads(await request.body())
         except orjson.JSONDecodeError as err:
             raise InvalidInput(f"Unrecognized request format: {err}") from None
         answer, answer_headers = await model(payload, headers)

@@ -273,6 +273,12 @@ if kserve is not None:
                 REQUESTS.labels(self.name, self.version, code).inc()
                 LATENCY.labels(self.name, self.version).observe(time.perf_counter() - started)
 
+        def validate(self, payload: Any) -> Any:
+            # Rows of numbers arrive as one array (serving.v1_json), which KServe's v1 check for a list would refuse.
+            if isinstance(payload, dict) and isinstance(payload.get("instances"), np.ndarray):
+                return payload
+            return super().validate(payload)
+
         def predict(self, payload: Any, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None) -> Any:
             assert self.runner is not None, "load() first"
             started = time.perf_counter()
@@ -327,7 +333,7 @@ if kserve is not None:
                 sizes = [int(t.shape[0]) for t in payload.inputs if t.shape]
             else:
                 instances = payload.get("instances") if isinstance(payload, dict) else None
-                sizes = [len(instances)] if isinstance(instances, list) else []
+                sizes = [len(instances)] if isinstance(instances, (list, np.ndarray)) else []
             if sizes and max(sizes) > self.max_rows:
                 raise TooManyRows(f"{max(sizes)} rows in one request, over this server's limit of {self.max_rows}: split the request")
 
@@ -353,9 +359,11 @@ if kserve is not None:
             return self._pseudonyms.digest(str(user))
 
         def _v1_instances(self, payload: Any) -> Any:
-            if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+            instances = payload.get("instances") if isinstance(payload, dict) else None
+            if isinstance(instances, np.ndarray):  # rows of numbers, parsed straight into an array (serving.v1_json)
+                return instances
+            if not isinstance(instances, list):
                 raise ValueError('expected a JSON body {"instances": [...]}')
-            instances = payload["instances"]
             if instances and isinstance(instances[0], dict) and self.runner.input_name not in instances[0] \
                     and self.runner.columns.get(self.runner.input_name):  # [{"age": 41, ...}, ...]: by column
                 return self.runner.from_instances(instances)[self.runner.input_name]
@@ -367,9 +375,12 @@ if kserve is not None:
             return instances
 
         def _v1_rows(self, payload: Any) -> list[Any]:
-            if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+            instances = payload.get("instances") if isinstance(payload, dict) else None
+            if isinstance(instances, np.ndarray):  # rows of numbers: from_instances says what it wants instead
+                return instances.tolist()
+            if not isinstance(instances, list):
                 raise ValueError('expected a JSON body {"instances": [...]}')
-            return payload["instances"]
+            return instances
 
         def _v2_inputs(self, payload: InferRequest) -> dict[str, np.ndarray]:
             out = {}
