@@ -189,6 +189,38 @@ def test_prediction_rows_hold_summaries_never_pixels() -> None:
     assert row.features == {"age": 1.0, "income": None, "city": "Lyon"} and row.predicted_value == 41.5 and row.predicted_label is None
 
 
+def test_the_writers_csv_is_the_row_paths_csv_for_every_family_and_odd_value() -> None:
+    """prediction_csv builds the COPY text a request at a time; it must be the text the row path
+    (a PredictionRow per row, JSON-encoded features) gives, byte for byte."""
+    from feedback_loop.feedback.capture import predictions_csv
+    from feedback_loop.serving.records import prediction_csv
+
+    rng = np.random.default_rng(2)
+    now = datetime.now(timezone.utc)
+    nan, inf = float("nan"), float("inf")
+
+    def answered(ids: list[str], task: str, inputs: Any, columns: dict, image: bool, outputs: Any, classes: list[str] = [],
+                 user: str | None = None, consent: bool = True) -> Answered:
+        return Answered(now, ids, "m", 'v "3", b', task, inputs, columns, image, np.asarray(outputs, np.float32), classes, 2.5, user, consent)
+
+    odd_classes = ['a "cat"', "dog, big"]
+    batch = [
+        answered(["i-0"], "classification", rng.uniform(0, 255, (1, 28, 28, 1)).astype(np.float32), {}, True, [[0.2, 0.8]], odd_classes),
+        answered(["i2-0", "i2-1", "i2-2"], "classification", {"pixels": rng.uniform(0, 255, (3, 28, 28)).astype(np.float32)}, {}, True,
+                 [[0.6, 0.4], [nan, 0.1], [0.5, 0.5]], odd_classes, user='u"1', consent=False),
+        answered(["t-0", "t-1"], "classification", np.array([[1.5, nan], [-0.0, 1e-7]], np.float32),
+                 {"features": ['x "1"', "100%"], "categories": []}, False, [[0.1, 0.9], [0.9, 0.1]], ["no", "yes"]),
+        answered(["c-0"], "regression", {"features": np.array([[3.0]], np.float32), "categories": np.array([["Ly\"on"]], object)},
+                 {"features": ["age"], "categories": ["city"]}, False, [inf]),
+        answered(["r-0", "r-1"], "ranking", {"user": np.array([[7.0], [8.0]], np.float32), "item": np.array([[1.0], [2.0]], np.float32)},
+                 {}, False, [[0.25], [nan]]),
+        answered(["p-0"], "regression", np.array([[1.0, 2.0]], np.float32), {"features": [], "categories": []}, False, [[4.0]]),
+    ]
+    fast = prediction_csv(batch)
+    assert fast.count == 10 and len(fast) == 10
+    assert fast.text == predictions_csv(prediction_rows_many(batch)).text
+
+
 # --- HTTP: KServe's FastAPI app with ours installed --------------------------------------------------
 
 

@@ -67,16 +67,18 @@ def transient(err: Exception) -> bool:
     return isinstance(err, (psycopg2.OperationalError, psycopg2.InterfaceError))
 
 
-def _dumps(value: Any) -> str:
+def json_text(value: Any) -> str:
     # NaN and infinities are not JSON: PostgreSQL's jsonb refuses them, and the batch with them.
     return json.dumps(value, allow_nan=False, separators=(",", ":"))
 
 
-def _csv_field(value: Any) -> str:
+def csv_field(value: Any) -> str:
     """One CSV field for COPY: NULL is the unquoted empty field (CSV's default), every text is
     quoted, so that no text (not "", not "\\N") can read as NULL."""
     if value is None:
         return ""
+    if type(value) is str:  # most fields: first
+        return '"' + value.replace('"', '""') + '"'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, numbers.Integral):
@@ -87,25 +89,41 @@ def _csv_field(value: Any) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def write_predictions(conn: psycopg2.extensions.connection, rows: Sequence[PredictionRow], tables: Tables = Tables()) -> int:
+@dataclass(frozen=True)
+class CsvRows:
+    """Rows of `predictions` already as COPY's CSV text, a line each (what the model server's
+    writer builds: serving.records.prediction_csv)."""
+
+    text: str
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def predictions_csv(rows: Sequence[PredictionRow]) -> CsvRows:
+    """`rows` as COPY's CSV text, in `copy_predictions`' column order."""
+    text = "".join(
+        ",".join(csv_field(v) for v in (r.id, r.created_at, r.model_name, r.model_version, json_text(r.features), r.predicted_label,
+                                         r.predicted_value, r.confidence, r.latency_ms, r.user_id, r.consent)) + "\n"
+        for r in rows
+    )
+    return CsvRows(text, len(rows))
+
+
+def write_predictions(conn: psycopg2.extensions.connection, rows: Sequence[PredictionRow] | CsvRows, tables: Tables = Tables()) -> int:
     """Inserts `rows` in one transaction (ids already present are skipped); returns the rows given.
 
     A binary-safe CSV COPY: a few times cheaper per row than INSERT ... VALUES, which matters
     because the writer shares its process (and CPU) with the requests.
     """
-    buffer = io.StringIO(
-        "".join(
-            ",".join(_csv_field(v) for v in (r.id, r.created_at, r.model_name, r.model_version, _dumps(r.features), r.predicted_label,
-                                             r.predicted_value, r.confidence, r.latency_ms, r.user_id, r.consent)) + "\n"
-            for r in rows
-        )
-    )
+    csv = rows if isinstance(rows, CsvRows) else predictions_csv(rows)
     table = sql.Identifier(tables.predictions)
     with conn, conn.cursor() as cur:
         cur.execute(queries.compose("stage_predictions", predictions=table))
-        cur.copy_expert(queries.text("copy_predictions"), buffer)
+        cur.copy_expert(queries.text("copy_predictions"), io.StringIO(csv.text))
         cur.execute(queries.compose("move_predictions", predictions=table))
-    return len(rows)
+    return csv.count
 
 
 def write_feedback(conn: psycopg2.extensions.connection, rows: Sequence[FeedbackRow], tables: Tables = Tables()) -> int:

@@ -56,11 +56,11 @@ class Capture:
 
     def __init__(self, config: CaptureConfig, *, builders: dict[str, Callable[[list[Any]], list[Any]]] | None = None,
                  writers: dict[str, Callable[[Any, list[Any]], int]] | None = None, connect: Callable[[str], Any] | None = None) -> None:
-        from feedback_loop.serving.records import prediction_rows_many
+        from feedback_loop.serving.records import prediction_csv
 
         self.config = config
-        # Payload -> table rows, a batch at a time: predictions are `records.Answered` requests.
-        self._builders = {PREDICTIONS: prediction_rows_many, FEEDBACK: rows_as_given, **(builders or {})}
+        # Payload -> table rows, a batch at a time: predictions are `records.Answered` requests, built into CSV.
+        self._builders = {PREDICTIONS: prediction_csv, FEEDBACK: rows_as_given, **(builders or {})}
         self._writers = writers or {PREDICTIONS: store_capture.write_predictions, FEEDBACK: store_capture.write_feedback}
         self._connect = connect or store_capture.connect
         self._queue: deque[Pending] = deque()
