@@ -64,3 +64,12 @@ def test_thirty_two_images_as_flat_rows() -> None:
     assert payload["user_id"] == "u-1"
     assert payload["instances"].shape == (32, 784)
     assert np.array_equal(payload["instances"].astype(np.float32), x)
+
+
+def test_a_document_left_referenced_does_not_stop_the_next_parse() -> None:
+    kept = v1_json._parse(b'{"instances": [[1, 2]]}')  # as a traceback holding the frame would keep it
+    assert np.array_equal(v1_json.loads(b'{"instances": [[3, 4]]}')["instances"], [[3.0, 4.0]])
+    with pytest.raises(orjson.JSONDecodeError):
+        kept2 = v1_json._parse(b'{"instances": [[5]]}')  # noqa: F841
+        v1_json.loads(b'{"instances": [[1, 2]')
+    assert kept["instances"].as_list() == [[1, 2]]

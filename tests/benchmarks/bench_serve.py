@@ -2,9 +2,10 @@
 prediction capture on (into a real PostgreSQL) and off, against the same SavedModel signature
 called in process (the limit) and a naive server calling `model.predict` per request; clients
 on 127.0.0.1, batch 1 and 32, sequential and at saturation (SATURATION_CLIENTS concurrent
-clients for BENCH_SERVE_SECONDS, 60 by default), the two servers taking turns in ROUNDS
-rounds so that the machine's drift falls on both. Then an outage: the database stopped for
-OUTAGE_SECONDS in the middle of a saturated run.
+clients for BENCH_SERVE_SECONDS, 60 by default), the two servers taking turns in SLICES
+short slices (ABBA order) so that the machine's drift, which moves its speed by 10-30 % within
+a minute here, falls on both alike. Then an outage: the database stopped for OUTAGE_SECONDS in
+the middle of a saturated run.
 
 Prints one JSON object as its last line: today's keys (p50_ms, p99_ms, rps, p50_overhead_ms,
 speedup_vs_naive, for our server as deployed: capture on, batch 1) and capture_throughput_cost,
@@ -42,7 +43,7 @@ from feedback_loop.layout import COMPLETE_MARKER  # noqa: E402
 REQUESTS = {1: 400, 32: 150}
 SATURATION_SECONDS = float(os.environ.get("BENCH_SERVE_SECONDS", "60"))
 SATURATION_CLIENTS = 32
-ROUNDS = 3  # the servers take turns, this many times per measurement
+SLICES = 12  # the servers take turns, this many times per batch size (5 s of saturation each)
 OUTAGE_SECONDS = float(os.environ.get("BENCH_SERVE_OUTAGE_SECONDS", "20"))
 CAPTURE_QUEUE_ROWS = 4000
 
@@ -322,17 +323,17 @@ def main() -> None:
                                    "paced_p50_ms": round(percentiles(in_process_paced(runner, x, n))[0], 3),
                                    "saturated_rps": round(in_process_saturated(runner, x), 1)},
                 }
-                # The modes take turns, ROUNDS times: one server measured after the other would
-                # carry the machine's drift (and a process's luck) into the comparison.
+                # The modes take turns in short slices, ABBA: one server measured after the other
+                # would carry the machine's drift (and a process's luck) into the comparison.
                 rows_before = db.count()
                 runs: dict[str, dict[str, list]] = {mode: {"served": [], "load": [], "v2": []} for mode in servers}
                 binary, headers = v2_binary(x)
-                for _ in range(ROUNDS):
-                    for mode, server in servers.items():
-                        served, seq_failed = latencies(server.port, "/v1/models/bench:predict", body, n // ROUNDS)
-                        load = saturate(server.port, "/v1/models/bench:predict", body, seconds=SATURATION_SECONDS / ROUNDS)
+                for turn in range(SLICES):
+                    for mode, server in (list(servers.items()) if turn % 2 == 0 else list(servers.items())[::-1]):
+                        served, seq_failed = latencies(server.port, "/v1/models/bench:predict", body, n // SLICES)
+                        load = saturate(server.port, "/v1/models/bench:predict", body, seconds=SATURATION_SECONDS / SLICES)
                         # The same rows as a v2 binary tensor: what JSON decoding costs, seen by difference.
-                        served_v2, v2_failed = latencies(server.port, "/v2/models/bench/infer", binary, n // ROUNDS, headers)
+                        served_v2, v2_failed = latencies(server.port, "/v2/models/bench/infer", binary, n // SLICES, headers)
                         failed += seq_failed + int(load["failed_requests"]) + v2_failed
                         runs[mode]["served"] += served
                         runs[mode]["load"].append(load)
@@ -343,8 +344,13 @@ def main() -> None:
                     row[mode] = {"p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "p50_overhead_ms": round(p50 - limit_p50, 3),
                                  **{f"saturated_{k}": v for k, v in load.items()},
                                  "v2_binary_p50_overhead_ms": round(percentiles(runs[mode]["v2"])[0] - limit_p50, 3)}
+                # Capture's cost slice by slice (each pair measured seconds apart): how far the total can be trusted.
+                costs = sorted(1 - on["rps"] / max(off["rps"], 1e-9)
+                               for on, off in zip(runs["capture_on"]["load"], runs["capture_off"]["load"]))
+                row["capture_on"]["throughput_cost_by_slice"] = {
+                    "median": round(statistics.median(costs), 4), "q1": round(costs[len(costs) // 4], 4), "q3": round(costs[3 * len(costs) // 4], 4)}
                 drained(servers["capture_on"].port)
-                requests_on = len(runs["capture_on"]["served"]) + len(runs["capture_on"]["v2"]) + 20 * ROUNDS  # + warm-ups
+                requests_on = len(runs["capture_on"]["served"]) + len(runs["capture_on"]["v2"]) + 20 * SLICES  # + warm-ups
                 answered = (requests_on + row["capture_on"]["saturated_answered_requests"]) * batch
                 row["capture_on"].update({"answered_rows": answered, "captured_rows": db.count() - rows_before})
                 slow, _ = latencies(naive_port, "/", body, max(30, n // 5))
@@ -373,6 +379,7 @@ def main() -> None:
         "p50_ms": on["p50_ms"], "p99_ms": on["p99_ms"], "rps": on["saturated_rps"],
         "p50_overhead_ms": on["p50_overhead_ms"], "speedup_vs_naive": round(one["naive"]["p50_ms"] / on["p50_ms"], 2),
         "capture_throughput_cost": round(1 - on["saturated_rps"] / off["saturated_rps"], 4),
+        "capture_throughput_cost_by_slice": on["throughput_cost_by_slice"],
         "capture_p50_overhead_ms": round(on["p50_ms"] - off["p50_ms"], 3),
         "failed_requests": failed, "lost_predictions": lost,
         "outage_failed_requests": outage["failed_requests"], "outage_loss_counted_exactly": outage["loss_counted_exactly"],

@@ -13,6 +13,7 @@ and validated where it always was (SignatureRunner.as_batch, from_instances).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,10 @@ import orjson
 import simdjson
 
 INSTANCES = "instances"
+# One parser per thread, reused: a new one allocates its buffers for every body (page faults
+# each request). A parser can parse again only once no object of its last document is left,
+# which numeric_rows ensures by keeping them local to the call.
+_parsers = threading.local()
 
 
 def loads(body: bytes) -> Any:
@@ -35,7 +40,7 @@ def numeric_rows(body: bytes) -> dict[str, Any] | None:
     if b'"instances"' not in body:
         return None
     try:
-        doc = simdjson.Parser().parse(body)
+        doc = _parse(body)
     except ValueError:  # not JSON: orjson says what is wrong
         return None
     if not isinstance(doc, simdjson.Object):
@@ -65,3 +70,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, simdjson.Object):
         return value.as_dict()
     return value
+
+
+def _parse(body: bytes) -> Any:
+    parser = getattr(_parsers, "parser", None) or simdjson.Parser()
+    _parsers.parser = parser
+    try:
+        return parser.parse(body)
+    except RuntimeError:  # its last document is still referenced (a traceback kept it): a new parser
+        _parsers.parser = simdjson.Parser()
+        return _parsers.parser.parse(body)
