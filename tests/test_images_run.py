@@ -170,6 +170,8 @@ def test_serve_image_answers_v1_and_v2(engine: str, client, tmp_path: Path, data
         })
         assert v2["model_name"] == "cats-vs-dogs" and v2["outputs"]
         assert _captured(database_url) >= 1, container.logs().decode()[-3000:]
+        # The rows were built in the helper process (spawned in the image, as user 1000).
+        assert "building rows in the server's process" not in container.logs().decode()
     finally:
         container.stop(timeout=10)
         container.remove()

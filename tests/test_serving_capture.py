@@ -75,6 +75,39 @@ def test_capture_writes_every_row_in_batches(database_url: str) -> None:
     assert capture.counts()["dropped"] == {PREDICTIONS: 0, FEEDBACK: 0} and capture.depth() == 0
 
 
+def test_prediction_rows_are_built_in_a_helper_process_and_here_once_it_is_gone(database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The server's answered requests become rows in the helper process (off the server's GIL); a
+    helper killed mid-run loses nothing: the next batches are built in the server's process."""
+    import os
+    import signal
+
+    def images(prefix: str, n: int) -> Answered:
+        pixels = np.random.default_rng(n).uniform(0, 255, size=(n, 28, 28, 1)).astype(np.float32)
+        return Answered(datetime.now(timezone.utc), [f"{prefix}-{i}" for i in range(n)], "m", "v1", "classification", pixels, {}, True,
+                        np.tile(np.array([[0.3, 0.7]], np.float32), (n, 1)), ["cat", "dog"], 1.0, None, True)
+
+    capture = Capture(CaptureConfig(dsn=database_url, linger_s=0.05)).start()
+    try:
+        assert capture.offer(PREDICTIONS, 3, images("a", 3))
+        wait_for(lambda: capture.written[PREDICTIONS] == 3, timeout=60)  # the helper starts on the first batch
+        (helper,) = capture._pool._processes.values()
+        assert helper.pid != os.getpid() and helper.is_alive()
+        os.kill(helper.pid, signal.SIGKILL)
+        helper.join(10)
+        with caplog.at_level(logging.WARNING, logger="feedback_loop.serving.capture"):
+            assert capture.offer(PREDICTIONS, 2, images("b", 2))
+            wait_for(lambda: capture.written[PREDICTIONS] == 5)
+            assert capture.offer(PREDICTIONS, 4, images("c", 4))
+            wait_for(lambda: capture.written[PREDICTIONS] == 9)
+    finally:
+        capture.stop()
+    assert "the row builder process stopped" in caplog.text and capture._pool is None
+    assert capture.failed_rows == 0 and capture.counts()["dropped"][PREDICTIONS] == 0
+    rows = fetch(database_url, "SELECT id, predicted_label, features->>'ink' IS NOT NULL FROM predictions ORDER BY id")
+    assert [r[0] for r in rows] == ["a-0", "a-1", "a-2", "b-0", "b-1", "c-0", "c-1", "c-2", "c-3"]
+    assert all(label == "dog" and has_ink for _, label, has_ink in rows)
+
+
 def test_texts_are_stored_as_given_and_only_none_is_null(database_url: str) -> None:
     """The COPY's CSV: a text of exactly "\\N", an empty text, quotes, commas and new lines come
     back as sent; only None is NULL."""
