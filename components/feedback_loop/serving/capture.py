@@ -4,10 +4,11 @@ off the request path.
 A request only appends its batch to a bounded queue (a lock, a list append); one writer
 thread turns queued batches into rows and inserts them, `batch_rows` at a time. The rows of
 predictions (image statistics, CSV text) are built in a helper process: built in the writer
-thread, their Python held the server's GIL for ~7 % of a saturated server's time at batch 1,
-and more per request at batch 32. A slow or
-dead database never fails nor slows a request: while it is away the writer keeps its
-batch and retries; the queue fills up, and what arrives once it is full is dropped and
+thread, their Python held the server's GIL for 7-9 % of a saturated server's time at batch 1
+(bench serve), and longer per request at batch 32.
+
+A slow or dead database never fails nor slows a request: while it is away the writer keeps
+its batch and retries; the queue fills up, and what arrives once it is full is dropped and
 counted, row by row. When the database answers again the writer drains the queue.
 Capture is off without a DSN.
 """
