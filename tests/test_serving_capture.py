@@ -108,6 +108,33 @@ def test_prediction_rows_are_built_in_a_helper_process_and_here_once_it_is_gone(
     assert all(label == "dog" and has_ink for _, label, has_ink in rows)
 
 
+def test_a_hung_row_builder_is_given_up_and_nothing_is_lost(database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    import os
+    import signal
+
+    pixels = np.zeros((2, 28, 28, 1), np.float32)
+
+    def answered(prefix: str) -> Answered:
+        return Answered(datetime.now(timezone.utc), [f"{prefix}-0", f"{prefix}-1"], "m", "v1", "classification", pixels, {}, True,
+                        np.array([[0.9, 0.1], [0.2, 0.8]], np.float32), ["cat", "dog"], 1.0, None, True)
+
+    capture = Capture(CaptureConfig(dsn=database_url, linger_s=0.05, build_timeout_s=2)).start()
+    try:
+        assert capture.offer(PREDICTIONS, 2, answered("a"))
+        wait_for(lambda: capture.written[PREDICTIONS] == 2, timeout=60)
+        (helper,) = capture._pool._processes.values()
+        os.kill(helper.pid, signal.SIGSTOP)  # alive, never answers
+        with caplog.at_level(logging.WARNING, logger="feedback_loop.serving.capture"):
+            assert capture.offer(PREDICTIONS, 2, answered("b"))
+            wait_for(lambda: capture.written[PREDICTIONS] == 4)
+        helper.join(10)
+        assert not helper.is_alive()  # killed, not left stopped
+    finally:
+        capture.stop()
+    assert "no answer in 2 s" in caplog.text and capture.failed_rows == 0
+    assert [r[0] for r in fetch(database_url, "SELECT id FROM predictions ORDER BY id")] == ["a-0", "a-1", "b-0", "b-1"]
+
+
 def test_texts_are_stored_as_given_and_only_none_is_null(database_url: str) -> None:
     """The COPY's CSV: a text of exactly "\\N", an empty text, quotes, commas and new lines come
     back as sent; only None is NULL."""

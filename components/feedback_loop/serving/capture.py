@@ -40,6 +40,7 @@ class CaptureConfig:
     linger_s: float = 0.2  # how long the writer lets a batch gather once rows are queued
     retry_s: float = 0.5  # pause between attempts while the database is away
     build_process: bool = True  # build prediction rows in a helper process, off the server's GIL
+    build_timeout_s: float = 30.0  # a helper that takes longer for one batch (~20 ms is usual) is given up
 
 
 @dataclass
@@ -158,16 +159,20 @@ class Capture:
 
     def _build(self, kind: str, payloads: list[Any]) -> Any:
         """The table rows of `payloads`: in the helper process when it serves this kind, else here.
-        A helper that died is not restarted: the rows are built here from then on, and it says so."""
+        A helper that died or hangs is not restarted: the rows are built here from then on, and it says so."""
+        from concurrent.futures import TimeoutError as BuildTimeout
         from concurrent.futures.process import BrokenProcessPool
 
         pool = self._pool
         if kind in self._remote and pool is not None:
             try:
-                return pool.submit(self._builders[kind], payloads).result()
-            except BrokenProcessPool as err:
-                log.warning("capture: the row builder process stopped (%s); building rows in the server's process", _cut(err))
+                return pool.submit(self._builders[kind], payloads).result(timeout=self.config.build_timeout_s)
+            except (BrokenProcessPool, BuildTimeout) as err:
+                why = _cut(err) if str(err) else f"no answer in {self.config.build_timeout_s:g} s"
+                log.warning("capture: the row builder process stopped (%s); building rows in the server's process", why)
                 self._pool = None
+                for process in list(getattr(pool, "_processes", {}).values()):  # a hung helper would hold the exit
+                    process.kill()
                 pool.shutdown(wait=False, cancel_futures=True)
         return self._builders[kind](payloads)
 
