@@ -359,11 +359,9 @@ if kserve is not None:
             return self._pseudonyms.digest(str(user))
 
         def _v1_instances(self, payload: Any) -> Any:
-            instances = payload.get("instances") if isinstance(payload, dict) else None
+            instances = _instances(payload)
             if isinstance(instances, np.ndarray):  # rows of numbers, parsed straight into an array (serving.v1_json)
                 return instances
-            if not isinstance(instances, list):
-                raise ValueError('expected a JSON body {"instances": [...]}')
             if instances and isinstance(instances[0], dict) and self.runner.input_name not in instances[0] \
                     and self.runner.columns.get(self.runner.input_name):  # [{"age": 41, ...}, ...]: by column
                 return self.runner.from_instances(instances)[self.runner.input_name]
@@ -375,12 +373,9 @@ if kserve is not None:
             return instances
 
         def _v1_rows(self, payload: Any) -> list[Any]:
-            instances = payload.get("instances") if isinstance(payload, dict) else None
-            if isinstance(instances, np.ndarray):  # rows of numbers: from_instances says what it wants instead
-                return instances.tolist()
-            if not isinstance(instances, list):
-                raise ValueError('expected a JSON body {"instances": [...]}')
-            return instances
+            instances = _instances(payload)
+            # Rows of numbers: from_instances says what it wants instead.
+            return instances.tolist() if isinstance(instances, np.ndarray) else instances
 
         def _v2_inputs(self, payload: InferRequest) -> dict[str, np.ndarray]:
             out = {}
@@ -396,6 +391,14 @@ if kserve is not None:
             if tensor is None:
                 raise ValueError(f"expected an input tensor named {self.runner.input_name!r}")
             return tensor.as_numpy()
+
+
+def _instances(payload: Any) -> list[Any] | np.ndarray:
+    """A v1 body's instances: a list, or the array serving.v1_json made of rows of numbers."""
+    instances = payload.get("instances") if isinstance(payload, dict) else None
+    if not isinstance(instances, (list, np.ndarray)):
+        raise ValueError('expected a JSON body {"instances": [...]}')
+    return instances
 
 
 def _truthy(value: Any) -> bool:
