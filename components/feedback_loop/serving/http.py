@@ -14,6 +14,10 @@ errors, and the feedback endpoint.
   than a small model's prediction; rows of numbers are parsed straight into one array
   (serving.v1_json). The model's own call (pre/postprocess, metrics) is KServe's;
   CloudEvents and other content types still take KServe's route.
+- `POST /v2/models/<name>/infer` with binary tensors (`Inference-Header-Content-Length`)
+  goes straight to the model too (`direct_v2_binary`): KServe 0.20 turns the tensors' bytes
+  into Python lists, here they stay an array (serving.v2_binary). Any other v2 request is
+  KServe's route's.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from feedback_loop.feedback.capture import FeedbackRow
-from feedback_loop.serving import v1_json
+from feedback_loop.serving import v1_json, v2_binary
 from feedback_loop.serving.capture import FEEDBACK, Capture
 
 log = logging.getLogger(__name__)
@@ -112,10 +116,11 @@ async def _no_receive() -> dict:
     return {"type": "http.disconnect"}
 
 
-def install(app: FastAPI, capture: Capture, max_body_bytes: int, direct: tuple[Any, Any] | None = None, timings: bool = True) -> None:
+def install(app: FastAPI, capture: Capture, max_body_bytes: int, direct: tuple[Any, Any, Any] | None = None,
+            timings: bool = True) -> None:
     """Adds the body limit, the short error handlers and the feedback route to KServe's app; with
-    `direct` (the model, KServe's v1 predict endpoint), the model's plain-JSON v1 predictions go to
-    it directly; without `timings`, KServe's per-request timing middleware (whose lines go to a
+    `direct` (the model, KServe's v1 predict and v2 infer endpoints), the model's plain-JSON v1
+    predictions and binary-tensor v2 requests go to it directly; without `timings`, KServe's per-request timing middleware (whose lines go to a
     logger kept below INFO then) is left out."""
     from kserve import errors as kserve_errors
 
@@ -143,7 +148,9 @@ def install(app: FastAPI, capture: Capture, max_body_bytes: int, direct: tuple[A
     if not timings:
         app.user_middleware[:] = [m for m in app.user_middleware if getattr(m.cls, "__name__", "") != "TimingMiddleware"]
     if direct is not None:
-        direct_v1_predict(app, *direct)
+        model, kserve_predict, kserve_infer = direct
+        direct_v1_predict(app, model, kserve_predict)
+        direct_v2_binary(app, model, kserve_infer)
 
 
 V1_PREDICT = "/v1/models/{model_name}:predict"
@@ -171,6 +178,54 @@ def direct_v1_predict(app: FastAPI, model: Any, kserve_predict: Any) -> None:
         return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json", headers=answer_headers)
 
     app.router.routes.insert(0, Route(V1_PREDICT, predict, methods=["POST"]))
+
+
+V2_INFER = "/v2/models/{model_name}/infer"
+BINARY_HEADER = "inference-header-content-length"
+
+
+def direct_v2_binary(app: FastAPI, model: Any, kserve_endpoint: Any) -> None:
+    """Puts a route for `model`'s binary-tensor v2 requests ahead of KServe's (see the module
+    docstring); any other request on that path goes, untouched, to `kserve_endpoint`, KServe's
+    own endpoint (V2Endpoints.infer), routed as KServe routes it."""
+    from fastapi.routing import APIRoute
+    from kserve.errors import InvalidInput, ModelNotReady
+
+    kserve_infer = APIRoute(V2_INFER, kserve_endpoint, methods=["POST"], response_model=None)
+
+    async def infer(scope: dict, receive: Any, send: Any) -> None:
+        request = StarletteRequest(scope, receive)
+        name = request.path_params["model_name"]
+        headers = dict(request.headers.items())
+        if name != model.name or BINARY_HEADER not in headers or any(key.startswith("ce-") for key in headers):
+            await kserve_infer.app(scope, receive, send)
+            return
+        if not model.ready:
+            raise ModelNotReady(name)
+        try:
+            payload = v2_binary.read(await request.body(), headers[BINARY_HEADER], name)
+        except v2_binary.BadBinaryRequest as err:
+            raise InvalidInput(str(err)) from None
+        answer, answer_headers = await model(payload, headers)
+        body, json_size = answer.to_rest()
+        if isinstance(body, bytes):  # binary outputs, when the request asked for them
+            answer_headers[BINARY_HEADER] = str(json_size)
+            response = Response(body, media_type="application/octet-stream", headers=answer_headers)
+        else:
+            response = Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json", headers=answer_headers)
+        await response(scope, receive, send)
+
+    app.router.routes.insert(0, Route(V2_INFER, _Asgi(infer), methods=["POST"]))
+
+
+class _Asgi:
+    """An ASGI app to route to (a plain function would be taken for a request handler)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
 
 
 def _plain_json(headers: dict[str, str]) -> bool:

@@ -44,6 +44,7 @@ def serve(
     import kserve
     from kserve.logging import trace_logger
     from kserve.protocol.rest.v1_endpoints import V1Endpoints
+    from kserve.protocol.rest.v2_endpoints import V2Endpoints
     from prometheus_client import REGISTRY
 
     from feedback_loop.serving import http
@@ -67,9 +68,10 @@ def serve(
         for name_ in ("uvicorn.access", trace_logger.name):
             logging.getLogger(name_).setLevel(logging.WARNING)
     try:
-        # KServe's own v1 endpoint answers what the direct route leaves to it (CloudEvents, ...).
-        kserve_predict = V1Endpoints(server.dataplane, server.model_repository_extension).predict
-        extend = lambda app: http.install(app, capturing, max_body_bytes, (predictor, kserve_predict), timings=verbose)  # noqa: E731
+        # KServe's own endpoints answer what the direct routes leave to them (CloudEvents, ...).
+        endpoints = (V1Endpoints(server.dataplane, server.model_repository_extension).predict,
+                     V2Endpoints(server.dataplane, server.model_repository_extension).infer)
+        extend = lambda app: http.install(app, capturing, max_body_bytes, (predictor, *endpoints), timings=verbose)  # noqa: E731
         with rest_server_with(host, extend):
             server.start([predictor])
     finally:
