@@ -281,6 +281,42 @@ def test_the_writers_csv_is_the_row_paths_csv_for_every_family_and_odd_value() -
     assert fast.text == predictions_csv(prediction_rows_many(batch)).text
 
 
+def test_packed_requests_build_the_same_rows_after_the_trip_to_the_helper() -> None:
+    """What the writer sends the row builder process: runs of alike requests packed into a few
+    arrays, pickled, unpacked there. The CSV must be the unpacked requests' byte for byte."""
+    import pickle
+
+    from feedback_loop.serving.records import Packed, pack, packed_prediction_csv, prediction_csv
+
+    rng = np.random.default_rng(5)
+    now = datetime.now(timezone.utc)
+    # A server's requests share its model's classes and column names (the objects themselves).
+    classes, no_classes, columns, no_columns = ["cat", "dog"], [], {"features": ["age", "income"], "categories": ["city"]}, {}
+
+    def image(i: int, shape: tuple = (1, 28, 28, 1), version: str = "v1", user: str | None = None) -> Answered:
+        return Answered(now, [f"i{i}-{j}" for j in range(shape[0])], "m", version, "classification",
+                        rng.uniform(0, 255, shape).astype(np.float32), no_columns, True,
+                        rng.dirichlet([1, 1], shape[0]).astype(np.float32), classes, 1.0 + i, user, i % 2 == 0)
+
+    def tabular(i: int) -> Answered:
+        return Answered(now, [f"t{i}-0", f"t{i}-1"], "m", "v1", "regression",
+                        {"features": rng.normal(size=(2, 2)).astype(np.float32), "categories": np.array([["Lyon"], ['Pa"ris']], object)},
+                        columns, False, rng.normal(size=(2, 1)).astype(np.float32), no_classes, 3.0, "u", True)
+
+    batch = [image(0), image(1, user="a"), image(2, shape=(3, 28, 28, 1)),  # one run: the rows per request may differ
+             image(3, version="v2"),  # another version: a run of its own
+             image(4, shape=(1, 14, 14, 1)), image(5, shape=(1, 14, 14, 1)),  # another image size
+             tabular(6), tabular(7),
+             Answered(now, ["l-0"], "m", "v1", "classification", [[1.0, 2.0]], no_columns, False,
+                      np.array([[0.3, 0.7]], np.float32), classes, 1.0, None, True)]  # a list input: left as it is
+    packed = pack(batch)
+    assert [type(item).__name__ for item in packed] == ["Packed", "Answered", "Packed", "Packed", "Answered"]
+    assert [len(item.ids) for item in packed if isinstance(item, Packed)] == [3, 2, 2]
+    there = pickle.loads(pickle.dumps(packed))
+    assert packed_prediction_csv(there).text == prediction_csv(batch).text
+    assert packed_prediction_csv(there).count == sum(len(a.ids) for a in batch) == 13
+
+
 # --- HTTP: KServe's FastAPI app with ours installed --------------------------------------------------
 
 

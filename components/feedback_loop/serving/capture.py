@@ -62,13 +62,14 @@ class Capture:
 
     def __init__(self, config: CaptureConfig, *, builders: dict[str, Callable[[list[Any]], list[Any]]] | None = None,
                  writers: dict[str, Callable[[Any, list[Any]], int]] | None = None, connect: Callable[[str], Any] | None = None) -> None:
-        from feedback_loop.serving.records import prediction_csv
+        from feedback_loop.serving.records import pack, packed_prediction_csv, prediction_csv
 
         self.config = config
         # Payload -> table rows, a batch at a time: predictions are `records.Answered` requests, built into CSV.
         self._builders = {PREDICTIONS: prediction_csv, FEEDBACK: rows_as_given, **(builders or {})}
-        # The default prediction builder runs in the helper process (a module function: it pickles).
-        self._remote = {PREDICTIONS} if config.build_process and PREDICTIONS not in (builders or {}) else set()
+        # The default prediction builder runs in the helper process: kind -> (what packs the payloads
+        # here for the trip, the module function that builds their rows there).
+        self._remote = {PREDICTIONS: (pack, packed_prediction_csv)} if config.build_process and PREDICTIONS not in (builders or {}) else {}
         self._pool: Any = None
         self._writers = writers or {PREDICTIONS: store_capture.write_predictions, FEEDBACK: store_capture.write_feedback}
         self._connect = connect or store_capture.connect
@@ -166,7 +167,8 @@ class Capture:
         pool = self._pool
         if kind in self._remote and pool is not None:
             try:
-                return pool.submit(self._builders[kind], payloads).result(timeout=self.config.build_timeout_s)
+                packed, build = self._remote[kind]
+                return pool.submit(build, packed(payloads)).result(timeout=self.config.build_timeout_s)
             except (BrokenProcessPool, BuildTimeout) as err:
                 why = _cut(err) if str(err) else f"no answer in {self.config.build_timeout_s:g} s"
                 log.warning("capture: the row builder process stopped (%s); building rows in the server's process", why)
