@@ -154,6 +154,25 @@ def test_texts_are_stored_as_given_and_only_none_is_null(database_url: str) -> N
                    ("t-2", "v1", {}, None, 41.5, None, None, True)]
 
 
+def test_a_batch_written_again_stores_each_prediction_once(database_url: str) -> None:
+    """A batch retried after a commit whose answer was lost repeats its ids: COPY straight into
+    the table refuses it, and the staging path writes only the ids not there yet."""
+    from feedback_loop.feedback.capture import connect, write_predictions
+
+    now = datetime.now(timezone.utc)
+    first = [PredictionRow(f"again-{i}", now, "m", "v1", {"x": float(i)}, "cat", None, 0.5, 1.0, None, True) for i in range(3)]
+    retried = first + [PredictionRow("again-3", now, "m", "v1", {"x": 3.0}, "dog", None, 0.9, 1.0, None, True)]
+    conn = connect(database_url)
+    try:
+        assert write_predictions(conn, first) == 3
+        assert write_predictions(conn, retried) == 4
+        assert write_predictions(conn, retried) == 4
+    finally:
+        conn.close()
+    assert fetch(database_url, "SELECT id, predicted_label FROM predictions WHERE id LIKE 'again-%' ORDER BY id") == [
+        ("again-0", "cat"), ("again-1", "cat"), ("again-2", "cat"), ("again-3", "dog")]
+
+
 def test_capture_off_drops_and_counts() -> None:
     capture = capture_of(dsn=None)
     assert not capture.enabled and not offer(capture, 3, "x")
