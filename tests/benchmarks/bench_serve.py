@@ -317,18 +317,16 @@ def main() -> None:
             for batch, n in REQUESTS.items():
                 x = rng.uniform(0, 1, size=(batch, 28, 28, 1)).astype(np.float32)
                 body = json.dumps({"instances": x.reshape(batch, -1).tolist()}).encode()
-                limit_p50, limit_p99 = percentiles(in_process(runner, x, n))
-                row: dict[str, dict[str, float]] = {
-                    "in_process": {"p50_ms": round(limit_p50, 3), "p99_ms": round(limit_p99, 3),
-                                   "paced_p50_ms": round(percentiles(in_process_paced(runner, x, n))[0], 3),
-                                   "saturated_rps": round(in_process_saturated(runner, x), 1)},
-                }
-                # The modes take turns in short slices, ABBA: one server measured after the other
-                # would carry the machine's drift (and a process's luck) into the comparison.
+                # The modes take turns in short slices, ABBA, and the in-process limit is measured in
+                # each slice too: one measured after the other would carry the machine's drift (and a
+                # process's luck) into the comparison (a limit measured once moved by 1.6x between runs).
                 rows_before = db.count()
                 runs: dict[str, dict[str, list]] = {mode: {"served": [], "load": [], "v2": []} for mode in servers}
+                limit, paced = [], []
                 binary, headers = v2_binary(x)
                 for turn in range(SLICES):
+                    limit += in_process(runner, x, n // SLICES)
+                    paced += in_process_paced(runner, x, n // SLICES)
                     for mode, server in (list(servers.items()) if turn % 2 == 0 else list(servers.items())[::-1]):
                         served, seq_failed = latencies(server.port, "/v1/models/bench:predict", body, n // SLICES)
                         load = saturate(server.port, "/v1/models/bench:predict", body, seconds=SATURATION_SECONDS / SLICES)
@@ -338,6 +336,12 @@ def main() -> None:
                         runs[mode]["served"] += served
                         runs[mode]["load"].append(load)
                         runs[mode]["v2"] += served_v2
+                limit_p50, limit_p99 = percentiles(limit)
+                row: dict[str, dict[str, float]] = {
+                    "in_process": {"p50_ms": round(limit_p50, 3), "p99_ms": round(limit_p99, 3),
+                                   "paced_p50_ms": round(percentiles(paced)[0], 3),
+                                   "saturated_rps": round(in_process_saturated(runner, x), 1)},
+                }
                 for mode in servers:
                     p50, p99 = percentiles(runs[mode]["served"])
                     load = merged(runs[mode]["load"])
