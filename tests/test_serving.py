@@ -165,6 +165,10 @@ def test_tritonclient_v2(server: ModelServerProcess, versions: Path, binary: boo
         np.testing.assert_allclose(result.as_numpy("probabilities"), SignatureRunner(versions / "v1")(x), rtol=1e-5)
         labels = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label").tolist()]
         assert set(labels) <= set(CLASSES) and len(labels) == 32
+        # The outputs asked for, each in the form asked for, and the prediction ids, always.
+        sent = {o["name"]: "binary_data_size" in (o.get("parameters") or {}) for o in response["outputs"]}
+        assert sent == {"probabilities": binary, "label": False, "prediction_id": False}
+        assert len(set(result.as_numpy("prediction_id").tolist())) == 32
     finally:
         client.close()
 

@@ -120,8 +120,8 @@ def install(app: FastAPI, capture: Capture, max_body_bytes: int, direct: tuple[A
             timings: bool = True) -> None:
     """Adds the body limit, the short error handlers and the feedback route to KServe's app; with
     `direct` (the model, KServe's v1 predict and v2 infer endpoints), the model's plain-JSON v1
-    predictions and binary-tensor v2 requests go to it directly; without `timings`, KServe's per-request timing middleware (whose lines go to a
-    logger kept below INFO then) is left out."""
+    predictions and binary-tensor v2 requests go to it directly; without `timings`, KServe's
+    per-request timing middleware (whose lines go to a logger kept below INFO then) is left out."""
     from kserve import errors as kserve_errors
 
     from feedback_loop.serving.model import TooManyRows
@@ -208,7 +208,7 @@ def direct_v2_binary(app: FastAPI, model: Any, kserve_endpoint: Any) -> None:
             raise InvalidInput(str(err)) from None
         answer, answer_headers = await model(payload, headers)
         body, json_size = answer.to_rest()
-        if isinstance(body, bytes):  # binary outputs, when the request asked for them
+        if isinstance(body, bytes):  # binary outputs, as the request asked
             answer_headers[BINARY_HEADER] = str(json_size)
             response = Response(body, media_type="application/octet-stream", headers=answer_headers)
         else:

@@ -58,7 +58,7 @@ MAX_ROWS = 1024  # rows per request, at most (413 above)
 try:  # the serve and deploy images carry kserve; the class below needs it
     import kserve
     from kserve.errors import InferenceError, InvalidInput
-    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
     from prometheus_client import Counter, Histogram
 except ImportError:  # pragma: no cover - the data and train images
     kserve = None
@@ -324,8 +324,19 @@ if kserve is not None:
                     rows = [{key: value, "prediction_id": pid} for value, pid in zip(outputs.tolist(), ids)]
             if v2:
                 tensors.append(InferOutput("prediction_id", [len(ids)], "BYTES", ids))
-                return InferResponse(payload.id or str(uuid.uuid4()), self.name, tensors, model_version=self.version)
+                return InferResponse(payload.id or str(uuid.uuid4()), self.name, tensors, model_version=self.version,
+                                     use_binary_outputs=payload.use_binary_outputs, requested_outputs=self._requested(payload))
             return {"predictions": rows, "model_version": self.version}
+
+        def _requested(self, payload: InferRequest) -> list[RequestedOutput] | None:
+            """The outputs a v2 request names (each binary or not as it asks), and always the
+            prediction ids: feedback needs them."""
+            if not payload.request_outputs:
+                return None
+            asked = list(payload.request_outputs)
+            if "prediction_id" not in {o.name for o in asked}:
+                asked.append(RequestedOutput("prediction_id", {"binary_data": False}))
+            return asked
 
         def _check_rows(self, payload: Any, v2: bool) -> None:
             """Refuses an oversized batch before converting it (the body limit bounds the bytes)."""
