@@ -72,8 +72,9 @@ class Answered:
 class Packed:
     """Consecutive requests alike in all but their rows (model, version, task, classes, column
     names, input shapes), as a few lists and arrays: what the writer hands the row builder
-    process. One pickle of these costs the server's GIL a fifth of one pickle per request
-    (3 against 11-20 us per batch-1 image request, measured); `unpack` gives the requests back."""
+    process. Packing and one pickle of these cost the server's GIL half what one pickle per
+    request does (5 against 11 us per batch-1 image request, measured); `unpack` gives the
+    requests back."""
 
     first: Answered  # the fields they share; its own rows' fields are not used
     created_at: list[datetime]
