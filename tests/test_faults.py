@@ -232,11 +232,9 @@ def test_server_frozen_mid_extraction_times_out_as_one_line(own_server, own_data
 
     def freeze() -> None:
         for process in _processes(own_server):
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived worker that ended since the listing
                 process.send_signal(signal.SIGSTOP)
-            except psutil.NoSuchProcess:  # a short-lived worker that ended since the listing
-                continue
-            frozen.append(process)
+                frozen.append(process)
 
     _on_first_batch(monkeypatch, freeze)
     monkeypatch.setattr(store, "SILENCE_TIMEOUT_S", 2)

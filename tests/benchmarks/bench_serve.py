@@ -4,8 +4,8 @@ called in process (the limit) and a naive server calling `model.predict` per req
 on 127.0.0.1, batch 1 and 32, sequential and at saturation (SATURATION_CLIENTS concurrent
 clients for BENCH_SERVE_SECONDS, 60 by default), the two servers taking turns in SLICES
 short slices (ABBA order), the in-process limit measured in each slice too, so that the
-machine's drift, which moves its speed by 10-30 % within a minute here, falls on all alike. Then an outage: the database stopped for OUTAGE_SECONDS in
-the middle of a saturated run.
+machine's drift, which moves its speed by 10-30 % within a minute here, falls on all alike.
+Then an outage: the database stopped for OUTAGE_SECONDS in the middle of a saturated run.
 
 Prints one JSON object as its last line: today's keys (p50_ms, p99_ms, rps, p50_overhead_ms,
 speedup_vs_naive, for our server as deployed: capture on, batch 1) and capture_throughput_cost,

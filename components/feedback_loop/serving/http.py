@@ -175,7 +175,7 @@ def direct_v1_predict(app: FastAPI, model: Any, kserve_predict: Any) -> None:
         except orjson.JSONDecodeError as err:
             raise InvalidInput(f"Unrecognized request format: {err}") from None
         answer, answer_headers = await model(payload, headers)
-        return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json", headers=answer_headers)
+        return _json(answer, answer_headers)
 
     app.router.routes.insert(0, Route(V1_PREDICT, predict, methods=["POST"]))
 
@@ -197,7 +197,7 @@ def direct_v2_binary(app: FastAPI, model: Any, kserve_endpoint: Any) -> None:
         request = StarletteRequest(scope, receive)
         name = request.path_params["model_name"]
         headers = dict(request.headers.items())
-        if name != model.name or BINARY_HEADER not in headers or any(key.startswith("ce-") for key in headers):
+        if name != model.name or BINARY_HEADER not in headers or _cloud_event(headers):
             await kserve_infer.app(scope, receive, send)
             return
         if not model.ready:
@@ -212,7 +212,7 @@ def direct_v2_binary(app: FastAPI, model: Any, kserve_endpoint: Any) -> None:
             answer_headers[BINARY_HEADER] = str(json_size)
             response = Response(body, media_type="application/octet-stream", headers=answer_headers)
         else:
-            response = Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json", headers=answer_headers)
+            response = _json(body, answer_headers)
         await response(scope, receive, send)
 
     app.router.routes.insert(0, Route(V2_INFER, _Asgi(infer), methods=["POST"]))
@@ -228,10 +228,20 @@ class _Asgi:
         await self.app(scope, receive, send)
 
 
+def _json(answer: Any, headers: dict[str, str]) -> Response:
+    """A model's answer as JSON (numpy values included)."""
+    return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json", headers=headers)
+
+
+def _cloud_event(headers: dict[str, str]) -> bool:
+    """A binary-mode CloudEvent (its attributes in ce- headers): KServe's data plane answers it."""
+    return any(key.startswith("ce-") for key in headers)
+
+
 def _plain_json(headers: dict[str, str]) -> bool:
     """A JSON body that is no CloudEvent: what KServe's data plane would only parse."""
     kind = headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
-    return kind == "application/json" and not any(key.startswith("ce-") for key in headers)
+    return kind == "application/json" and not _cloud_event(headers)
 
 
 def _handler(status: int) -> Any:

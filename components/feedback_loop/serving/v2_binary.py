@@ -45,28 +45,29 @@ def read(body: bytes, json_length: str, model_name: str) -> Any:
         if not isinstance(given, dict) or not {"name", "shape", "datatype"} <= set(given):
             raise BadBinaryRequest('each input needs "name", "shape" and "datatype"')
         name, shape, datatype = given["name"], given["shape"], given["datatype"]
+        where = f"input {str(name)[:100]!r}"
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise BadBinaryRequest(f"input {str(name)[:100]!r}: shape must be a list of sizes, got {str(shape)[:100]}")
+            raise BadBinaryRequest(f"{where}: shape must be a list of sizes, got {str(shape)[:100]}")
         parameters = given.get("parameters") or {}
         tensor = InferInput(name=name, shape=shape, datatype=datatype, parameters=parameters or None)
         if given.get("data") is not None:
             if datatype == "FP16":
-                raise BadBinaryRequest(f"input {str(name)[:100]!r}: FP16 data must come as bytes, not JSON")
+                raise BadBinaryRequest(f"{where}: FP16 data must come as bytes, not JSON")
             tensor.data = given["data"]
         elif isinstance(parameters, dict) and isinstance(parameters.get("binary_data_size"), int):
             size = parameters["binary_data_size"]
             dtype = to_np_dtype(datatype)
             if dtype is None:
-                raise BadBinaryRequest(f"input {str(name)[:100]!r}: unknown datatype {str(datatype)[:40]!r}")
-            if datatype != "BYTES" and size != math.prod(shape) * np.dtype(dtype).itemsize:
-                raise BadBinaryRequest(f"input {str(name)[:100]!r}: binary_data_size is {size} bytes, but shape {shape} of "
-                                       f"{datatype} takes {math.prod(shape) * np.dtype(dtype).itemsize}")
+                raise BadBinaryRequest(f"{where}: unknown datatype {str(datatype)[:40]!r}")
+            takes = math.prod(shape) * np.dtype(dtype).itemsize
+            if datatype != "BYTES" and size != takes:  # BYTES: each element's length is in its bytes
+                raise BadBinaryRequest(f"{where}: binary_data_size is {size} bytes, but shape {shape} of {datatype} takes {takes}")
             if at + size > len(body):
-                raise BadBinaryRequest(f"input {str(name)[:100]!r}: {size} bytes declared, {len(body) - at} left in the body")
+                raise BadBinaryRequest(f"{where}: {size} bytes declared, {len(body) - at} left in the body")
             tensor._raw_data = body[at:at + size]  # as_numpy views these bytes (KServe's own field for them)
             at += size
         else:
-            raise BadBinaryRequest(f"input {str(name)[:100]!r} has neither data nor parameters.binary_data_size")
+            raise BadBinaryRequest(f"{where} has neither data nor parameters.binary_data_size")
         inputs.append(tensor)
     if at != len(body):
         raise BadBinaryRequest(f"{len(body) - at} bytes after the last input: the binary_data_size values do not add up to the body")
