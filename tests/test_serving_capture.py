@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from serving_helpers import StoppablePostgres
 from feedback_loop.feedback.capture import FeedbackRow, PredictionRow
 from feedback_loop.serving import http
 from feedback_loop.serving.capture import FEEDBACK, PREDICTIONS, Capture, CaptureConfig, rows_as_given
-from feedback_loop.serving.records import Answered, image_summary, prediction_rows, prediction_rows_many
+from feedback_loop.serving.records import SUMMARY_CHUNK, Answered, image_summary, prediction_rows, prediction_rows_many
 
 
 def rows_of(n: int, prefix: str, version: str = "v1") -> list[PredictionRow]:
@@ -249,6 +250,23 @@ def test_image_summary_matches_the_demos_statistics() -> None:
         np.testing.assert_allclose(ours[name], values, rtol=1e-5, atol=1e-6)
 
 
+def test_image_summary_is_the_padded_laplacians_to_the_last_bit_for_any_shape() -> None:
+    """The in-place Laplacian against the plain np.pad form (what it replaced, and what scipy
+    computes): equal bit for bit, edges and one-pixel sides included, across the chunking."""
+    rng = np.random.default_rng(2)
+    for shape in [(3, 1, 1), (2, 1, 5), (2, 4, 1), (4, 28, 28, 1), (2, 31, 17), (SUMMARY_CHUNK + 7, 9, 9)]:
+        pixels = rng.integers(0, 256, size=shape).astype(np.float32)
+        x = pixels.reshape(shape[:3]) / np.float32(255)
+        padded = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="symmetric")
+        lap = padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:] - 4 * x
+        expected = {"brightness": x.mean(axis=(1, 2)), "contrast": x.std(axis=(1, 2)), "sharpness": np.abs(lap).mean(axis=(1, 2)),
+                    "ink": (x > 0.5).mean(axis=(1, 2))}
+        ours = image_summary(pixels)
+        for name, values in expected.items():
+            np.testing.assert_array_equal(ours[name], values, err_msg=f"{name} of {shape}")
+            assert ours[name].dtype == values.dtype
+
+
 def test_prediction_rows_hold_summaries_never_pixels() -> None:
     pixels = np.random.default_rng(1).uniform(0, 255, size=(2, 28, 28)).astype(np.float32)
     answered = Answered(datetime.now(timezone.utc), ["a-0", "a-1"], "m", "v3", "classification", {"pixels": pixels}, {}, True,
@@ -396,3 +414,28 @@ def test_errors_are_cut_short_in_the_answer_and_the_log(client: Any, caplog: pyt
     logged = [r.getMessage() for r in caplog.records if "/echo" in r.getMessage()]
     assert logged and all(len(m) < http.ERROR_CHARS + 120 for m in logged)
     assert not any(r.exc_info for r in caplog.records), "a client's error is logged without a traceback"
+
+
+def test_both_entry_points_build_rows_where_the_flag_says(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--capture-rows-in server|helper` on `feedback-loop serve` and on the serve image's entry
+    point; the helper process by default. (The server itself is replaced: only the flags are read.)"""
+    from click.testing import CliRunner
+
+    from feedback_loop import cli
+    from feedback_loop.serving import __main__ as image_entry
+    from feedback_loop.serving import model as serving_model
+    from feedback_loop.serving import server
+
+    seen: list[CaptureConfig] = []
+    monkeypatch.setattr(server, "serve", lambda *args, capture, **kwargs: seen.append(capture))
+    monkeypatch.setattr(image_entry, "serve", lambda *args, capture, **kwargs: seen.append(capture))
+    monkeypatch.setattr(serving_model, "require_complete", lambda path: None)
+    monkeypatch.setattr(image_entry, "require_complete", lambda path: None)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://127.0.0.1:1/feedback")
+    for flags in ([], ["--capture-rows-in", "server"], ["--capture-rows-in", "helper"]):
+        result = CliRunner().invoke(cli.main, ["serve", str(tmp_path), *flags])
+        assert result.exit_code == 0, result.output
+        image_entry.main([str(tmp_path), *flags])
+    assert [c.build_process for c in seen] == [True, True, False, False, True, True]
+    result = CliRunner().invoke(cli.main, ["serve", str(tmp_path), "--capture-rows-in", "elsewhere"])
+    assert result.exit_code == 2 and "'elsewhere' is not one of 'server', 'helper'" in result.output

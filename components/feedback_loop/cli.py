@@ -257,9 +257,11 @@ def schedule(ctx: click.Context, host, kfp_namespace, token, package, experiment
 @click.option("--max-rows", default=1024, show_default=True, type=click.IntRange(1), help="More rows per request get 413.")
 @click.option("--capture/--no-capture", default=True, show_default=True, help="Write each prediction to the feedback store (needs DATABASE_URL).")
 @click.option("--capture-queue-rows", default=10_000, show_default=True, type=click.IntRange(1), help="Rows waiting for the database, at most; more are dropped and counted.")
+@click.option("--capture-rows-in", type=click.Choice(["server", "helper"]), default="helper", show_default=True,
+              help="Where prediction rows are built: the server's process or a helper process.")
 @click.pass_context
 def serve(ctx: click.Context, model_dir: Path, name: str | None, host: str, port: int, max_body_bytes: int, max_rows: int,
-          capture: bool, capture_queue_rows: int) -> None:
+          capture: bool, capture_queue_rows: int, capture_rows_in: str) -> None:
     """Serve a published version (v1 and v2 REST, /v1/feedback, /metrics) with KServe's ModelServer; one without its _COMPLETE marker is refused."""
     import os
 
@@ -272,7 +274,8 @@ def serve(ctx: click.Context, model_dir: Path, name: str | None, host: str, port
     require_complete(model_dir)
     run_server(
         model_dir, name or settings.model_name, host, port, settings.log_level,
-        capture=CaptureConfig(dsn=_dsn(settings) if capture else None, queue_rows=capture_queue_rows),
+        capture=CaptureConfig(dsn=_dsn(settings) if capture else None, queue_rows=capture_queue_rows,
+                              build_process=capture_rows_in == "helper"),
         max_body_bytes=max_body_bytes, max_rows=max_rows, hmac_key=os.environ.get(HMAC_KEY_ENV) or None,
     )
 

@@ -28,10 +28,20 @@ def add_limits(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_capture", "--no-capture", action="store_true", help=f"capture nothing, even with {DSN_ENV} set")
     parser.add_argument("--capture_queue_rows", "--capture-queue-rows", type=int, default=CaptureConfig.queue_rows,
                         help="rows waiting for the database, at most; more are dropped and counted")
+    parser.add_argument("--capture_rows_in", "--capture-rows-in", choices=ROWS_BUILT_IN, default=rows_built_in(CaptureConfig.build_process),
+                        help="where prediction rows are built: the server's process or a helper process")
 
 
-def capture_config(no_capture: bool, queue_rows: int) -> CaptureConfig:
-    return CaptureConfig(dsn=None if no_capture else os.environ.get(DSN_ENV) or None, queue_rows=queue_rows)
+ROWS_BUILT_IN = ("server", "helper")
+
+
+def rows_built_in(build_process: bool) -> str:
+    return "helper" if build_process else "server"
+
+
+def capture_config(no_capture: bool, queue_rows: int, rows_in: str = rows_built_in(CaptureConfig.build_process)) -> CaptureConfig:
+    return CaptureConfig(dsn=None if no_capture else os.environ.get(DSN_ENV) or None, queue_rows=queue_rows,
+                         build_process=rows_in == "helper")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     serve(
         args.model_dir, args.name, args.host, args.port, args.log_level,
-        capture=capture_config(args.no_capture, args.capture_queue_rows), max_body_bytes=args.max_body_bytes,
+        capture=capture_config(args.no_capture, args.capture_queue_rows, args.capture_rows_in), max_body_bytes=args.max_body_bytes,
         max_rows=args.max_rows, hmac_key=os.environ.get(HMAC_KEY_ENV) or None,
     )
 

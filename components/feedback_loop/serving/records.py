@@ -37,15 +37,26 @@ def image_summary(pixels: np.ndarray) -> dict[str, np.ndarray]:
     if len(pixels) > SUMMARY_CHUNK:
         parts = [image_summary(pixels[at:at + SUMMARY_CHUNK]) for at in range(0, len(pixels), SUMMARY_CHUNK)]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    x = np.asarray(pixels, dtype=np.float32).reshape(len(pixels), *np.shape(pixels)[1:3]) / 255.0
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="symmetric")
-    centre = padded[:, 1:-1, 1:-1]
-    lap = padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:] - 4 * centre
+    n, (h, w) = len(pixels), np.shape(pixels)[1:3]
+    x = np.asarray(pixels, dtype=np.float32).reshape(n, h, w) / np.float32(255)
+    flat = x.reshape(n, h * w)  # reductions over one contiguous axis: ~2x as fast as over axes (1, 2)
+    # The Laplacian's four neighbours added in place, an edge pixel standing in for the one beyond
+    # it (reflected edges), in np.pad's order, so that the sums are the same to the last bit.
+    lap = np.empty_like(x)
+    lap[:, 1:], lap[:, 0] = x[:, :-1], x[:, 0]
+    lap[:, :-1] += x[:, 1:]
+    lap[:, -1] += x[:, -1]
+    lap[:, :, 1:] += x[:, :, :-1]
+    lap[:, :, 0] += x[:, :, 0]
+    lap[:, :, :-1] += x[:, :, 1:]
+    lap[:, :, -1] += x[:, :, -1]
+    lap -= 4 * x
+    np.abs(lap, out=lap)
     return {
-        "brightness": x.mean(axis=(1, 2)),
-        "contrast": x.std(axis=(1, 2)),
-        "sharpness": np.abs(lap).mean(axis=(1, 2)),
-        "ink": (x > 0.5).mean(axis=(1, 2)),
+        "brightness": flat.mean(axis=1),
+        "contrast": flat.std(axis=1),
+        "sharpness": lap.reshape(n, h * w).mean(axis=1),
+        "ink": np.count_nonzero(flat > 0.5, axis=1) / (h * w),
     }
 
 
@@ -272,8 +283,10 @@ def prediction_csv(batch: list[Answered]) -> CsvRows:
         if model not in models:
             models[model] = f"{csv_field(model[0])},{csv_field(model[1])}"
         # The request's own fields, formatted once: created_at, model, version; latency, user, consent.
-        middle = f"{csv_field(answered.created_at)},{models[model]}"
-        tail = f"{csv_field(answered.latency_ms)},{csv_field(answered.user_id)},{csv_field(answered.consent)}"
+        # csv_field's text, its type known (its checks cost ~1/3 of a batch-1 image row): an ISO time
+        # holds no quote; a latency is a float; consent a bool.
+        middle = f'"{answered.created_at.isoformat()}",{models[model]}'
+        tail = f"{float(answered.latency_ms)!r},{csv_field(answered.user_id)},{'true' if answered.consent else 'false'}"
         lines += [f"{csv_field(pid)},{middle},{text},{out},{tail}\n" for pid, text, out in zip(answered.ids, texts, outputs[i])]
     return CsvRows("".join(lines), len(lines))
 
