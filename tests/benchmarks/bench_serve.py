@@ -11,8 +11,9 @@ Prints one JSON object as its last line: today's keys (p50_ms, p99_ms, rps, p50_
 speedup_vs_naive, for our server as deployed: capture on, batch 1) and capture_throughput_cost,
 capture_p50_overhead_ms, failed_requests, lost_predictions, outage_failed_requests,
 outage_loss_counted_exactly, capture_resume_s, batch32_overhead_ratio, goals_met, with the
-figures per mode and batch size. Goals: capture costs <= 10 % of saturated throughput and
-<= 1 ms at p50; database up: 0 failed, 0 lost; database stopped: 0 failed, loss counted
+figures per mode and batch size (capture_throughput_cost is batch 1's;
+capture_throughput_cost_batch32 beside it). Goals: capture costs <= 10 % of saturated
+throughput at either batch size and <= 1 ms at p50; database up: 0 failed, 0 lost; database stopped: 0 failed, loss counted
 exactly, capture back within 5 s; p50 overhead over in process <= 2 ms at batch 1 and, at
 batch 32, at most twice that of batch 1; speedup_vs_naive >= 5.
 """
@@ -384,6 +385,9 @@ def main() -> None:
         "p50_overhead_ms": on["p50_overhead_ms"], "speedup_vs_naive": round(one["naive"]["p50_ms"] / on["p50_ms"], 2),
         "capture_throughput_cost": round(1 - on["saturated_rps"] / off["saturated_rps"], 4),
         "capture_throughput_cost_by_slice": on["throughput_cost_by_slice"],
+        # The goal names no batch size: batch 32's cost is held to it too.
+        "capture_throughput_cost_batch32": round(1 - many["capture_on"]["saturated_rps"] / many["capture_off"]["saturated_rps"], 4),
+        "capture_throughput_cost_batch32_by_slice": many["capture_on"]["throughput_cost_by_slice"],
         "capture_p50_overhead_ms": round(on["p50_ms"] - off["p50_ms"], 3),
         "failed_requests": failed, "lost_predictions": lost,
         "outage_failed_requests": outage["failed_requests"], "outage_loss_counted_exactly": outage["loss_counted_exactly"],
@@ -393,7 +397,8 @@ def main() -> None:
         "memory": memory, "outage": outage, "by_batch": results,
     }
     summary["goals_met"] = bool(
-        summary["capture_throughput_cost"] <= 0.10 and summary["capture_p50_overhead_ms"] <= 1.0
+        summary["capture_throughput_cost"] <= 0.10 and summary["capture_throughput_cost_batch32"] <= 0.10
+        and summary["capture_p50_overhead_ms"] <= 1.0
         and failed == 0 and lost == 0 and outage["failed_requests"] == 0 and outage["loss_counted_exactly"]
         and outage["capture_resume_s"] <= 5.0 and on["p50_overhead_ms"] <= 2.0 and ratio <= 2.0
         and summary["speedup_vs_naive"] >= 5
