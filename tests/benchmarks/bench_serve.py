@@ -13,9 +13,10 @@ capture_p50_overhead_ms, failed_requests, lost_predictions, outage_failed_reques
 outage_loss_counted_exactly, capture_resume_s, batch32_overhead_ratio, goals_met, with the
 figures per mode and batch size (capture_throughput_cost is batch 1's;
 capture_throughput_cost_batch32 beside it). Goals: capture costs <= 10 % of saturated
-throughput at either batch size and <= 1 ms at p50; database up: 0 failed, 0 lost; database stopped: 0 failed, loss counted
-exactly, capture back within 5 s; p50 overhead over in process <= 2 ms at batch 1 and, at
-batch 32, at most twice that of batch 1; speedup_vs_naive >= 5.
+throughput at either batch size and <= 1 ms at p50; database up: 0 failed, 0 lost;
+database stopped: 0 failed, loss counted exactly, capture back within 5 s; p50 overhead over
+in process <= 2 ms at batch 1 and, at batch 32, at most twice that of batch 1;
+speedup_vs_naive >= 5.
 """
 
 from __future__ import annotations

@@ -28,18 +28,12 @@ def add_limits(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_capture", "--no-capture", action="store_true", help=f"capture nothing, even with {DSN_ENV} set")
     parser.add_argument("--capture_queue_rows", "--capture-queue-rows", type=int, default=CaptureConfig.queue_rows,
                         help="rows waiting for the database, at most; more are dropped and counted")
-    parser.add_argument("--capture_rows_in", "--capture-rows-in", choices=ROWS_BUILT_IN, default=rows_built_in(CaptureConfig.build_process),
+    parser.add_argument("--capture_rows_in", "--capture-rows-in", choices=("server", "helper"),
+                        default="helper" if CaptureConfig.build_process else "server",
                         help="where prediction rows are built: the server's process or a helper process")
 
 
-ROWS_BUILT_IN = ("server", "helper")
-
-
-def rows_built_in(build_process: bool) -> str:
-    return "helper" if build_process else "server"
-
-
-def capture_config(no_capture: bool, queue_rows: int, rows_in: str = rows_built_in(CaptureConfig.build_process)) -> CaptureConfig:
+def capture_config(no_capture: bool, queue_rows: int, rows_in: str) -> CaptureConfig:
     return CaptureConfig(dsn=None if no_capture else os.environ.get(DSN_ENV) or None, queue_rows=queue_rows,
                          build_process=rows_in == "helper")
 
