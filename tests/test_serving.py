@@ -347,5 +347,9 @@ def test_a_hostile_client_meets_limits_and_short_errors(capturing: ModelServerPr
     assert refused.value.code == 400 and len(message) < 400
     status, _, body = post(url, {"instances": [["x" * 100_000] * 4]})
     assert status == 400 and len(body["error"]) < 400
+    # A number float32 cannot hold, and an integer over 64 bits (simdjson refuses it; orjson reads it).
+    status, _, body = post(url, {"instances": [[10**50, 2, 3, 4]]})
+    assert status == 400 and "float32 cannot hold" in body["error"] and "row 0" in body["error"]
+    assert post(url, {"instances": [[10**400, 2, 3, 4]]})[0] == 400
     log = capturing.output()
     assert "Traceback" not in log and max(len(line) for line in log.splitlines()) < 1000

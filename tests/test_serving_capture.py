@@ -370,6 +370,10 @@ def client(database_url: str) -> Any:
     @app.post("/echo")
     async def echo(request: Request) -> dict:
         raise InvalidInput("bad input: " + (await request.body()).decode())
+
+    @app.post("/boom")
+    async def boom() -> dict:
+        raise RuntimeError("z" * 5000)  # no handler takes it
     with TestClient(app, raise_server_exceptions=False) as test_client:
         test_client.capture = capture
         yield test_client
@@ -414,6 +418,22 @@ def test_errors_are_cut_short_in_the_answer_and_the_log(client: Any, caplog: pyt
     logged = [r.getMessage() for r in caplog.records if "/echo" in r.getMessage()]
     assert logged and all(len(m) < http.ERROR_CHARS + 120 for m in logged)
     assert not any(r.exc_info for r in caplog.records), "a client's error is logged without a traceback"
+
+
+def test_an_unexpected_error_is_answered_500_in_one_cut_line_and_never_leaves_the_app(
+        client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Starlette's last handler re-raises what no handler took, for uvicorn to log whole: its
+    text, however long, and a traceback. Ours answers it; a strict client raises what leaves the app."""
+    from fastapi.testclient import TestClient
+
+    with caplog.at_level(logging.WARNING):
+        answer = TestClient(client.app).post("/boom")
+    assert answer.status_code == 500
+    error = answer.json()["error"]
+    assert error.startswith("zzz") and len(error) < http.ERROR_CHARS + 60
+    logged = [r.getMessage() for r in caplog.records if "/boom" in r.getMessage()]
+    assert len(logged) == 1 and len(logged[0].splitlines()[0]) < http.ERROR_CHARS + 120
+    assert 'raise RuntimeError("z" * 5000)' in logged[0], "the frames of a server error are logged"
 
 
 def test_both_entry_points_build_rows_where_the_flag_says(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

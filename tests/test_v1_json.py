@@ -45,6 +45,8 @@ def test_numeric_rows_are_the_array_numpy_makes_of_what_orjson_reads(rows: list[
     b'{"inputs": [[1, 2]]}',
     b'[[1, 2]]',
     b'{"instances": [[1, 2]], "user_id": "[x"}',  # a bracket in a text: not sure the rows are flat, orjson reads it
+    b'{"instances": [[18446744073709551616, 2]]}',  # an integer over 64 bits: simdjson refuses it, orjson reads it
+    b'{"instances": [[1' + b"0" * 50 + b', 2]]}',
 ])
 def test_anything_else_is_read_by_orjson_as_before(body: bytes) -> None:
     assert v1_json.numeric_rows(body) is None

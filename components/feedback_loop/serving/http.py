@@ -4,7 +4,9 @@ errors, and the feedback endpoint.
 - A body over `max_body_bytes` is refused with 413 before it is read (Content-Length) or as
   soon as the bytes received pass the limit (chunked), so it never becomes Python objects.
 - Every error answer is `{"error": "<one line>"}`, cut to `ERROR_CHARS` characters; so is its
-  log line. A client's error (4xx) is logged without a traceback.
+  log line. A client's error (4xx) is logged without a traceback; an exception no handler
+  takes is answered 500 here and logged once, cut, with its frames (Starlette's last handler
+  would re-raise it for uvicorn to log whole, however long its text).
 - `POST /v1/feedback` takes `{"prediction_id", "is_correct", "corrected_label"?, "comment"?}`
   and queues it for the feedback store (202); an id the store does not know is kept, and the
   extraction counts it as an orphan.
@@ -62,8 +64,9 @@ def cut(text: str, limit: int = ERROR_CHARS) -> str:
     return line if len(line) <= limit else f"{line[:limit]}... ({len(line) - limit} more characters)"
 
 
-class BodyLimit:
-    """ASGI middleware: 413 for a body over `max_bytes`, declared or received."""
+class RequestGuard:
+    """ASGI middleware, outermost of ours: 413 for a body over `max_bytes`, declared or received;
+    500 for an exception no handler took."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -98,6 +101,10 @@ class BodyLimit:
         except TooLarge:
             if not started:
                 await self._refuse(scope, send, received)
+        except Exception as exc:
+            response = error_response(scope.get("path", ""), exc, HTTPStatus.INTERNAL_SERVER_ERROR)
+            if not started:
+                await response(scope, _no_receive, send)
 
     def _message(self, size: int, at_least: bool = False) -> str:
         return (f"request body of {'more than ' if at_least else ''}{size} bytes is over this server's limit of {self.max_bytes}: "
@@ -126,7 +133,7 @@ def install(app: FastAPI, capture: Capture, max_body_bytes: int, direct: tuple[A
 
     from feedback_loop.serving.model import TooManyRows
 
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(RequestGuard, max_bytes=max_body_bytes)
     statuses: dict[type[BaseException], int] = {
         TooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
         TooManyRows: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -140,7 +147,6 @@ def install(app: FastAPI, capture: Capture, max_body_bytes: int, direct: tuple[A
         kserve_errors.UnsupportedProtocol: HTTPStatus.NOT_IMPLEMENTED,
         kserve_errors.ServerNotLive: HTTPStatus.SERVICE_UNAVAILABLE,
         kserve_errors.ServerNotReady: HTTPStatus.SERVICE_UNAVAILABLE,
-        Exception: HTTPStatus.INTERNAL_SERVER_ERROR,
     }
     for exc_class, status in statuses.items():
         app.add_exception_handler(exc_class, _handler(status))
@@ -246,25 +252,28 @@ def _plain_json(headers: dict[str, str]) -> bool:
 
 def _handler(status: int) -> Any:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, RequestValidationError):
-            first = (exc.errors() or [{}])[0]
-            where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-            text = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid request"))
-        else:
-            text = str(exc) or type(exc).__name__
-        if status == HTTPStatus.INTERNAL_SERVER_ERROR and not str(exc):
-            text = type(exc).__name__
-        message = cut(text)
-        where = cut(request.url.path, 100)
-        if status >= 500:
-            # Frames only: the exception's own text, however long, is logged cut, above.
-            frames = "".join(traceback.format_tb(exc.__traceback__)) if not _expected(exc) else ""
-            log.error("%d %s: %s%s", status, where, message, f"\n{frames.rstrip()}" if frames else "")
-        else:
-            log.warning("%d %s: %s", status, where, message)
-        return JSONResponse({"error": message}, status_code=status)
+        return error_response(request.url.path, exc, status)
 
     return handle
+
+
+def error_response(path: str, exc: Exception, status: int) -> JSONResponse:
+    """The one-line answer to `exc`, logged: cut, and with its frames for an unexpected server error."""
+    if isinstance(exc, RequestValidationError):
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        text = f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid request"))
+    else:
+        text = str(exc) or type(exc).__name__
+    message = cut(text)
+    where = cut(path, 100)
+    if status >= 500:
+        # Frames only: the exception's own text, however long, is logged cut, above.
+        frames = "".join(traceback.format_tb(exc.__traceback__)) if not _expected(exc) else ""
+        log.error("%d %s: %s%s", status, where, message, f"\n{frames.rstrip()}" if frames else "")
+    else:
+        log.warning("%d %s: %s", status, where, message)
+    return JSONResponse({"error": message}, status_code=status)
 
 
 def _expected(exc: Exception) -> bool:

@@ -131,6 +131,15 @@ def saved_model_path(model_dir: Path) -> Path:
     return numbered[-1]
 
 
+def finite(x: np.ndarray, name: str) -> np.ndarray:
+    """`x`, refused when it holds NaN or infinity (a JSON number beyond float32's range becomes
+    infinity): the model would answer NaN."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        row = int(np.argwhere(~np.isfinite(x))[0][0])
+        raise ValueError(f"input {name!r} holds a number float32 cannot hold (NaN, infinity, or beyond ±3.4e38) in row {row}: send finite numbers")
+    return x
+
+
 def as_text(values: Any) -> np.ndarray:
     """Raw categories as the model learnt them: text; a missing value is "" (the unknown bucket)."""
     array = np.asarray(values, dtype=object)
@@ -214,6 +223,8 @@ class SignatureRunner:
                 array = as_text(values) if name in self.text_inputs else np.asarray(values, dtype=np.float32)
             except (TypeError, ValueError):
                 raise ValueError(f"input {name!r} must hold numbers, one list per row") from None
+            if name not in self.text_inputs:
+                finite(array, name)
             shape = self.shapes.get(name, [])
             if -1 not in shape and array.size == len(instances) * int(np.prod(shape)):
                 array = array.reshape([len(instances), *shape])  # e.g. a recommender's [N, 1] user and item
@@ -223,7 +234,7 @@ class SignatureRunner:
     def as_batch(self, data: Any) -> np.ndarray:
         """Rows as the signature wants them: float32, reshaped when each row is flattened."""
         # Lists of Python floats convert faster as float64, then cast, than straight to float32.
-        x = (data if isinstance(data, np.ndarray) else np.array(data)).astype(np.float32, copy=False)
+        x = finite((data if isinstance(data, np.ndarray) else np.array(data)).astype(np.float32, copy=False), self.input_name)
         width = int(np.prod(self.row_shape)) if self.row_shape else 1
         if x.size == 0 or x.size % width:
             raise ValueError(f"expected rows of shape {self.row_shape} ({width} values each), got an array of shape {list(x.shape)}")

@@ -41,7 +41,7 @@ def numeric_rows(body: bytes) -> dict[str, Any] | None:
         return None
     try:
         doc = _parse(body)
-    except ValueError:  # not JSON: orjson says what is wrong
+    except (ValueError, RuntimeError):  # not JSON, or a number simdjson does not hold (a 20-digit integer): orjson's verdict
         return None
     if not isinstance(doc, simdjson.Object):
         return None
@@ -83,6 +83,6 @@ def _parse(body: bytes) -> Any:
     _parsers.parser = parser
     try:
         return parser.parse(body)
-    except RuntimeError:  # its last document is still referenced (a traceback kept it): a new parser
+    except RuntimeError:  # its last document still referenced (a traceback kept it), or an integer over 64 bits: a new parser, once
         _parsers.parser = simdjson.Parser()
         return _parsers.parser.parse(body)
