@@ -295,6 +295,8 @@ def test_every_prediction_is_captured_with_its_version_and_id(capturing: ModelSe
     status, _, answer_v2 = post(f"{capturing.url}/v2/models/{capturing.name}/infer", request_v2)
     (v2_ids,) = [o["data"] for o in answer_v2["outputs"] if o["name"] == "prediction_id"]
     assert status == 200 and answer_v2["model_version"] == "v1" and len(set(v2_ids)) == 2
+    # Time-ordered: a later request's ids sort after an earlier one's (the primary key appends).
+    assert min(v2_ids) > max(ids) and all(len(pid.split("-")[0]) == 32 for pid in ids + v2_ids)
     until(lambda: query(capture_dsn, "SELECT count(*) FROM predictions WHERE id = ANY(%s)", (v2_ids,))[0][0] == 2)
 
     # The feedback endpoint writes the answer; an unknown id is kept (the extraction counts it as an orphan).

@@ -118,7 +118,7 @@ def write_predictions(conn: psycopg2.extensions.connection, rows: Sequence[Predi
     A binary-safe CSV COPY: a few times cheaper per row than INSERT ... VALUES, which matters
     because the writer shares its machine with the requests. Straight into the table; only a
     batch that repeats an id (retried after a commit whose answer was lost) goes through a
-    staging table that skips those ids: staging every batch took 1.38x PostgreSQL's CPU per
+    staging table that skips those ids: staging every batch took 1.6-1.7x PostgreSQL's CPU per
     row (`./build.sh bench capture_write`).
     """
     csv = rows if isinstance(rows, CsvRows) else predictions_csv(rows)
