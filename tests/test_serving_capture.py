@@ -396,6 +396,38 @@ def test_feedback_endpoint_validates_and_queues(client: Any, database_url: str) 
     assert client.post(http.FEEDBACK_PATH, content=b"{not json").status_code == 400
 
 
+def test_feedback_answers_in_bulk_are_taken_all_or_none(client: Any, database_url: str) -> None:
+    answers = [{"prediction_id": f"bulk-{i}", "is_correct": i % 3 != 0} for i in range(60)]
+    answer = client.post(http.FEEDBACK_PATH, json=answers)
+    assert answer.status_code == 202 and answer.json() == {"accepted": 60}
+    # One bad answer: none of its request is taken, and the error says which.
+    bad = [{"prediction_id": "none-0", "is_correct": True}, {"prediction_id": "none-1", "is_correct": "yes"}]
+    answer = client.post(http.FEEDBACK_PATH, json=bad)
+    assert answer.status_code == 400 and answer.json()["error"].startswith("answer 1: is_correct must be true or false")
+    assert "an array of 1 to 1000 answers, not 0" in client.post(http.FEEDBACK_PATH, json=[]).json()["error"]
+    with pytest.raises(http.BadFeedback, match="not 1001"):
+        http.parse_feedback(json.dumps([answers[0]] * 1001).encode())
+    wait_for(lambda: client.capture.written[FEEDBACK] == 60)
+    assert fetch(database_url, "SELECT count(*), count(*) FILTER (WHERE is_correct) FROM feedback WHERE prediction_id LIKE 'bulk-%'") == [(60, 40)]
+    assert fetch(database_url, "SELECT count(*) FROM feedback WHERE prediction_id LIKE 'none-%'") == [(0,)]
+
+
+def test_more_answers_than_the_capture_queue_holds_is_413_not_a_retry_later(database_url: str) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+    capture = Capture(CaptureConfig(dsn=database_url, queue_rows=5)).start()
+    http.install(app, capture, max_body_bytes=1 << 20)
+    try:
+        with TestClient(app) as test_client:
+            answer = test_client.post(http.FEEDBACK_PATH, json=[{"prediction_id": f"q-{i}", "is_correct": True} for i in range(6)])
+    finally:
+        capture.stop()
+    assert answer.status_code == 413 and "more than this server's capture queue holds (5)" in answer.json()["error"]
+    assert capture.offered[FEEDBACK] == 0
+
+
 def test_bodies_over_the_limit_get_413_declared_or_streamed(client: Any) -> None:
     big = json.dumps({"instances": [[0.5] * 1000]}).encode()
     answer = client.post("/echo", content=big, headers={"content-type": "application/json"})

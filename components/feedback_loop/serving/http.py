@@ -7,9 +7,10 @@ errors, and the feedback endpoint.
   log line. A client's error (4xx) is logged without a traceback; an exception no handler
   takes is answered 500 here and logged once, cut, with its frames (Starlette's last handler
   would re-raise it for uvicorn to log whole, however long its text).
-- `POST /v1/feedback` takes `{"prediction_id", "is_correct", "corrected_label"?, "comment"?}`
-  and queues it for the feedback store (202); an id the store does not know is kept, and the
-  extraction counts it as an orphan.
+- `POST /v1/feedback` takes `{"prediction_id", "is_correct", "corrected_label"?, "comment"?}`,
+  or an array of up to `MAX_ANSWERS` of them (labels that arrive later, in bulk), and queues
+  them for the feedback store (202), all or none; an id the store does not know is kept, and
+  the extraction counts it as an orphan.
 - `POST /v1/models/<name>:predict` with a plain JSON body goes straight to the model
   (`direct_v1_predict`): KServe's route resolves FastAPI dependencies and passes the body
   through its data plane (CloudEvent checks, encoders) on every request, which costs more
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 
 ERROR_CHARS = 300
 FEEDBACK_PATH = "/v1/feedback"
-FEEDBACK_BODY_BYTES = 16 << 10
+MAX_ANSWERS = 1000  # answers per feedback request
+FEEDBACK_BODY_BYTES = 4 << 20  # MAX_ANSWERS answers with comments of a few hundred characters fit
 # Longest texts an answer may carry (characters).
 MAX_ID, MAX_LABEL, MAX_COMMENT = 200, 200, 2000
 
@@ -287,27 +289,50 @@ def _feedback_endpoint(capture: Capture) -> Any:
     async def feedback(request: Request) -> JSONResponse:
         body = await request.body()
         if len(body) > FEEDBACK_BODY_BYTES:
-            raise TooLarge(f"a feedback answer is at most {FEEDBACK_BODY_BYTES} bytes, this one has {len(body)}")
-        row = parse_feedback(body)
+            raise TooLarge(f"a feedback request is at most {FEEDBACK_BODY_BYTES} bytes, this one has {len(body)}: send fewer answers per request")
+        rows, many = parse_feedback(body)
         if not capture.enabled:
             return JSONResponse({"error": "feedback is not taken here: this server captures nothing (start it with DATABASE_URL set)"},
                                   status_code=HTTPStatus.SERVICE_UNAVAILABLE)
-        if not capture.offer(FEEDBACK, 1, [row]):
-            return JSONResponse({"error": "the feedback queue is full (the feedback database is away): send the answer again later"},
+        if len(rows) > capture.config.queue_rows:  # would never fit: not a reason to retry later
+            raise TooLarge(f"{len(rows)} answers, more than this server's capture queue holds ({capture.config.queue_rows}): "
+                           "send fewer per request")
+        if not capture.offer(FEEDBACK, len(rows), rows):
+            return JSONResponse({"error": "the feedback queue is full (the feedback database is away): send the answers again later"},
                                   status_code=HTTPStatus.SERVICE_UNAVAILABLE, headers={"retry-after": "5"})
-        return JSONResponse({"prediction_id": row.prediction_id, "accepted": True}, status_code=HTTPStatus.ACCEPTED)
+        answer = {"accepted": len(rows)} if many else {"prediction_id": rows[0].prediction_id, "accepted": True}
+        return JSONResponse(answer, status_code=HTTPStatus.ACCEPTED)
 
     return feedback
 
 
-def parse_feedback(body: bytes) -> FeedbackRow:
-    """The answer in a feedback request, validated; `BadFeedback` names the first thing wrong."""
+ONE_ANSWER = '{"prediction_id": "...", "is_correct": true|false}'
+
+
+def parse_feedback(body: bytes) -> tuple[list[FeedbackRow], bool]:
+    """The answers in a feedback request, validated, and whether it sent an array; `BadFeedback`
+    names the first thing wrong (and which answer)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise BadFeedback('expected a JSON object {"prediction_id": "...", "is_correct": true|false}') from None
+        raise BadFeedback(f"expected a JSON object {ONE_ANSWER}, or an array of them") from None
+    if not isinstance(data, list):
+        return [feedback_row(data)], False
+    if not 1 <= len(data) <= MAX_ANSWERS:
+        raise BadFeedback(f"an array of 1 to {MAX_ANSWERS} answers, not {len(data)}: send the rest in another request")
+    rows = []
+    for i, answer in enumerate(data):
+        try:
+            rows.append(feedback_row(answer))
+        except BadFeedback as err:
+            raise BadFeedback(f"answer {i}: {err}") from None
+    return rows, True
+
+
+def feedback_row(data: Any) -> FeedbackRow:
+    """One answer, validated."""
     if not isinstance(data, dict):
-        raise BadFeedback('expected a JSON object {"prediction_id": "...", "is_correct": true|false}')
+        raise BadFeedback(f"expected a JSON object {ONE_ANSWER}")
     if unknown := sorted(set(data) - {"prediction_id", "is_correct", "corrected_label", "comment"}):
         raise BadFeedback(f"unknown fields {', '.join(unknown)}: send prediction_id, is_correct, corrected_label, comment")
     prediction_id = data.get("prediction_id")
