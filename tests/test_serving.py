@@ -197,6 +197,10 @@ def test_binary_v2_goes_straight_to_the_model_and_says_what_does_not_add_up(serv
     # Sizes that do not add up are named (KServe's own route leaves them to numpy's reshape error).
     status, answer = post_bytes(f"{server.url}/v2/models/{server.name}/infer", *binary_v2(x, size=x.nbytes - 4))
     assert status == 400 and "binary_data_size is" in answer["error"] and "\n" not in answer["error"], answer
+    # NaN in the bytes: refused with its row (the model would answer NaN).
+    x[5, 2] = np.nan
+    status, answer = post_bytes(f"{server.url}/v2/models/{server.name}/infer", *binary_v2(x))
+    assert status == 400 and "float32 cannot hold" in answer["error"] and "in row 5" in answer["error"], answer
     # Another model's name: KServe's route, unchanged.
     status, answer = post_bytes(f"{server.url}/v2/models/other/infer", *binary_v2(x))
     assert status == 404 and "other" in answer["error"], answer
