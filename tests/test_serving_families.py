@@ -86,6 +86,23 @@ def test_tabular_classifier_with_text_columns(versions: dict[str, Path], databas
     assert {row[2]["city"] for row in rows} == {"Lyon", "Paris", "Oslo"} and all(set(row[2]) == {*(f"f{i}" for i in range(6)), "city"} for row in rows)
 
 
+def test_a_number_float32_cannot_hold_is_refused_whichever_way_the_inputs_come(versions: dict[str, Path]) -> None:
+    """v1 rows keyed by column and v2 tensors by input, for a model of several inputs: the model would answer NaN."""
+    from kserve import InferInput, InferRequest
+    from kserve.errors import InvalidInput
+
+    predictor = SavedModelPredictor("m", versions["tabular"])
+    predictor.load()
+    numbers = np.full((2, 6), 0.5, np.float32)
+    numbers[1, 3] = np.nan
+    request = InferRequest("m", [InferInput("features", [2, 6], "FP32", numbers), InferInput("categories", [2, 1], "BYTES", [["Lyon"], ["Oslo"]])])
+    with pytest.raises(InvalidInput, match="input 'features' holds a number float32 cannot hold .* in row 1"):
+        predictor.predict(request)
+    instances = [{**{f"f{i}": 0.5 for i in range(6)}, "city": "Lyon"}, {**{f"f{i}": 1e50 for i in range(6)}, "city": "Oslo"}]
+    with pytest.raises(InvalidInput, match="in row 1"):
+        predictor.predict({"instances": instances})
+
+
 def test_regressor(versions: dict[str, Path], database_url: str) -> None:
     instances = [{f"f{i}": 50.0 + j for i in range(4)} for j in range(3)]
     answer, rows = served(versions["regressor"], database_url, instances)

@@ -143,13 +143,12 @@ def time_ordered_id() -> str:
     return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
-def finite(x: np.ndarray, name: str) -> np.ndarray:
-    """`x`, refused when it holds NaN or infinity (a JSON number beyond float32's range becomes
-    infinity): the model would answer NaN."""
+def finite(x: np.ndarray, name: str) -> None:
+    """Refuses an input that holds NaN or infinity (a JSON number beyond float32's range becomes
+    infinity): the model would answer NaN. Text inputs are not numbers, and pass."""
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         row = int(np.argwhere(~np.isfinite(x))[0][0])
         raise ValueError(f"input {name!r} holds a number float32 cannot hold (NaN, infinity, or beyond ±3.4e38) in row {row}: send finite numbers")
-    return x
 
 
 def as_text(values: Any) -> np.ndarray:
@@ -235,8 +234,6 @@ class SignatureRunner:
                 array = as_text(values) if name in self.text_inputs else np.asarray(values, dtype=np.float32)
             except (TypeError, ValueError):
                 raise ValueError(f"input {name!r} must hold numbers, one list per row") from None
-            if name not in self.text_inputs:
-                finite(array, name)
             shape = self.shapes.get(name, [])
             if -1 not in shape and array.size == len(instances) * int(np.prod(shape)):
                 array = array.reshape([len(instances), *shape])  # e.g. a recommender's [N, 1] user and item
@@ -246,7 +243,7 @@ class SignatureRunner:
     def as_batch(self, data: Any) -> np.ndarray:
         """Rows as the signature wants them: float32, reshaped when each row is flattened."""
         # Lists of Python floats convert faster as float64, then cast, than straight to float32.
-        x = finite((data if isinstance(data, np.ndarray) else np.array(data)).astype(np.float32, copy=False), self.input_name)
+        x = (data if isinstance(data, np.ndarray) else np.array(data)).astype(np.float32, copy=False)
         width = int(np.prod(self.row_shape)) if self.row_shape else 1
         if x.size == 0 or x.size % width:
             raise ValueError(f"expected rows of shape {self.row_shape} ({width} values each), got an array of shape {list(x.shape)}")
@@ -312,6 +309,8 @@ if kserve is not None:
                     x: Any = self._v2_inputs(payload) if v2 else self.runner.from_instances(self._v1_rows(payload))
                 else:
                     x = self.runner.as_batch(self._v2_input(payload) if v2 else self._v1_instances(payload))
+                for name, values in (x.items() if isinstance(x, dict) else [(self.runner.input_name, x)]):
+                    finite(values, name)  # every input, however it came (v1 or v2, one input or several)
                 rows = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
             except ValueError as err:
                 raise InvalidInput(str(err)) from None
