@@ -151,6 +151,13 @@ def finite(x: np.ndarray, name: str) -> None:
         raise ValueError(f"input {name!r} holds a number float32 cannot hold (NaN, infinity, or beyond ±3.4e38) in row {row}: send finite numbers")
 
 
+def to_float32(values: Any) -> np.ndarray:
+    """float32, quietly: a number beyond float32's range becomes infinity without numpy's
+    "overflow" warning, and `finite` then refuses the request, naming the row."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(values, dtype=np.float32)
+
+
 def as_text(values: Any) -> np.ndarray:
     """Raw categories as the model learnt them: text; a missing value is "" (the unknown bucket)."""
     array = np.asarray(values, dtype=object)
@@ -231,7 +238,7 @@ class SignatureRunner:
                     raise ValueError(f"instances lack the columns {', '.join(missing)}")
                 values = [[row[c] for c in wanted] for row in instances]
             try:
-                array = as_text(values) if name in self.text_inputs else np.asarray(values, dtype=np.float32)
+                array = as_text(values) if name in self.text_inputs else to_float32(values)
             except (TypeError, ValueError):
                 raise ValueError(f"input {name!r} must hold numbers, one list per row") from None
             shape = self.shapes.get(name, [])
@@ -243,7 +250,7 @@ class SignatureRunner:
     def as_batch(self, data: Any) -> np.ndarray:
         """Rows as the signature wants them: float32, reshaped when each row is flattened."""
         # Lists of Python floats convert faster as float64, then cast, than straight to float32.
-        x = (data if isinstance(data, np.ndarray) else np.array(data)).astype(np.float32, copy=False)
+        x = to_float32(data if isinstance(data, np.ndarray) else np.array(data))
         width = int(np.prod(self.row_shape)) if self.row_shape else 1
         if x.size == 0 or x.size % width:
             raise ValueError(f"expected rows of shape {self.row_shape} ({width} values each), got an array of shape {list(x.shape)}")
