@@ -61,14 +61,14 @@ class ModelServerProcess:
     """`feedback-loop serve` in a subprocess on 127.0.0.1; stopped with SIGTERM."""
 
     def __init__(self, model_dir: Path, name: str = "cats-vs-dogs", port: int | None = None, *,
-                 args: list[str] = (), env: dict[str, str] | None = None) -> None:
+                 args: list[str] = (), env: dict[str, str] | None = None, entry: list[str] = ("-m", "feedback_loop.cli")) -> None:
         self.port = port or free_port()
         self.name = name
         self.url = f"http://127.0.0.1:{self.port}"
         # Capture only where a test asks for it (env DATABASE_URL): the developer's shell may have one set.
         env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, "TF_CPP_MIN_LOG_LEVEL": "2",
                "CUDA_VISIBLE_DEVICES": "", **(env or {})}
-        cli = [sys.executable, "-m", "feedback_loop.cli", "serve", str(model_dir), "--name", name, "--host", "127.0.0.1",
+        cli = [sys.executable, *entry, "serve", str(model_dir), "--name", name, "--host", "127.0.0.1",
                "--port", str(self.port), *args]
         # A file, not a pipe: nobody reads a pipe while the server runs, and a full one blocks it.
         self.log = tempfile.TemporaryFile("w+")
