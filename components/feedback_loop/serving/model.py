@@ -154,7 +154,7 @@ def finite(x: np.ndarray, name: str) -> None:
 def to_float32(values: Any) -> np.ndarray:
     """float32, quietly: a number beyond float32's range becomes infinity without numpy's
     "overflow" warning, and `finite` then refuses the request, naming the row."""
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore"):
         return np.asarray(values, dtype=np.float32)
 
 
