@@ -147,7 +147,7 @@ def main() -> None:
                 x = rng.uniform(0, 1, size=(batch, 28, 28, 1)).astype(np.float32)
                 body = json.dumps({"instances": x.reshape(batch, -1).tolist()}).encode()
                 binary, headers = v2_binary(x)
-                decoders = {"v1": lambda b: v1_json.loads(b),
+                decoders = {"v1": v1_json.loads,
                             "v2_binary": lambda b, h=headers: v2.read(b, h["Inference-Header-Content-Length"], "bench")}
                 for protocol, path, data, head in (("v1", "/v1/models/bench:predict", body, JSON),
                                                    ("v2_binary", "/v2/models/bench/infer", binary, headers)):

@@ -316,9 +316,10 @@ if kserve is not None:
                     x: Any = self._v2_inputs(payload) if v2 else self.runner.from_instances(self._v1_rows(payload))
                 else:
                     x = self.runner.as_batch(self._v2_input(payload) if v2 else self._v1_instances(payload))
-                for name, values in (x.items() if isinstance(x, dict) else [(self.runner.input_name, x)]):
+                inputs = x if isinstance(x, dict) else {self.runner.input_name: x}
+                for name, values in inputs.items():
                     finite(values, name)  # every input, however it came (v1 or v2, one input or several)
-                rows = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+                rows = len(next(iter(inputs.values())))
             except ValueError as err:
                 raise InvalidInput(str(err)) from None
             if rows > self.max_rows:
